@@ -1,0 +1,5 @@
+//! Pure logic of sqs_ingest, free of pgrx so it is unit-tested with `cargo test` and fuzzed.
+pub mod endpoint;
+pub mod masking;
+pub mod message;
+pub mod version;

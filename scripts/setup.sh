@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what building and testing sqs_ingest needs on Debian (root); every step is skipped when already done.
+set -euo pipefail
+
+PGRX_VERSION=0.18.1
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+CACHE_DIR=${SQS_INGEST_CACHE:-$HOME/.cache/sqs_ingest}
+VENV=$CACHE_DIR/venv
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron clang libclang-dev
+              build-essential pkg-config sudo openssl)
+PY_PACKAGES=("moto[server]==5.1.*" "boto3")
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's postgresql-common creates and starts a "main" cluster; our scripts run their own.
+if command -v pg_lsclusters >/dev/null && pg_lsclusters -h | grep -q '^15 *main'; then
+  pg_dropcluster --stop 15 main || true
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+  log "cargo install cargo-pgrx $PGRX_VERSION (about 4 minutes, once)"
+  cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked --quiet
+fi
+if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  log "cargo pgrx init --pg15 $PG_CONFIG"
+  cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/moto_server" ]; then
+  log "python venv with ${PY_PACKAGES[*]} in $VENV"
+  mkdir -p "$CACHE_DIR"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
