@@ -1,0 +1,39 @@
+-- Tables of sqs_ingest. The ledger and dead letters belong to the extension (and are dumped
+-- by pg_dump); user_logins is user data and is detached so that DROP EXTENSION keeps it.
+CREATE SCHEMA sqs_ingest;
+
+CREATE TABLE sqs_ingest.processed_messages (
+    message_id  text PRIMARY KEY,
+    ingested_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE sqs_ingest.dead_letters (
+    id            bigserial PRIMARY KEY,
+    message_id    text NOT NULL,
+    sent_at       timestamptz,
+    receive_count integer,
+    received_at   timestamptz NOT NULL DEFAULT now(),
+    reason        text NOT NULL,
+    body          text NOT NULL
+);
+
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.processed_messages', '');
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.dead_letters_id_seq', '');
+
+DO $bootstrap$
+BEGIN
+    IF to_regclass('@extschema@.user_logins') IS NULL THEN
+        CREATE TABLE @extschema@.user_logins (
+            user_id          varchar(128),
+            device_type      varchar(32),
+            masked_ip        varchar(256),
+            masked_device_id varchar(256),
+            locale           varchar(32),
+            app_version      varchar(32),
+            create_date      date
+        );
+        ALTER EXTENSION sqs_ingest DROP TABLE @extschema@.user_logins;
+    END IF;
+END
+$bootstrap$;

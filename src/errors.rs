@@ -1,0 +1,76 @@
+//! The one place where each module's error becomes a Postgres error: SQLSTATE, message, HINT.
+use crate::ingest::IngestError;
+use crate::settings::SettingsError;
+use crate::sqs_client::SqsError;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+/// Raises `error` as an ERROR; never returns.
+pub fn raise(error: impl Into<ErrorReport>) -> ! {
+    error.into().report(PgLogLevel::ERROR);
+    unreachable!("an ERROR report does not return")
+}
+
+fn report(code: PgSqlErrorCode, message: String, hint: &str) -> ErrorReport {
+    ErrorReport::new(code, format!("sqs_ingest: {message}"), "sqs_ingest").set_hint(hint)
+}
+
+impl From<SettingsError> for ErrorReport {
+    fn from(e: SettingsError) -> Self {
+        let hint = match e {
+            SettingsError::Empty("region") => {
+                "Set it, e.g. ALTER SYSTEM SET sqs_ingest.region = 'us-east-1'; SELECT pg_reload_conf();"
+            }
+            _ => "Set it to the queue's URL, e.g. https://sqs.us-east-1.amazonaws.com/123456789012/login-queue or http://localhost:4566/000000000000/login-queue.",
+        };
+        report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), hint)
+    }
+}
+
+impl From<SqsError> for ErrorReport {
+    fn from(e: SqsError) -> Self {
+        let (code, hint) = match e {
+            SqsError::Credentials { .. } => (
+                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                "Give the server AWS credentials through the standard chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the postmaster's environment, ~/.aws/credentials of the postgres OS user, web identity, or an instance/container role.",
+            ),
+            SqsError::Unreachable { .. } => (
+                PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                "Check that the endpoint is up and sqs_ingest.queue_url / sqs_ingest.endpoint_url point at it. Nothing was received, so nothing is lost.",
+            ),
+            SqsError::Service { .. } => (
+                PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+                "Check that the queue in sqs_ingest.queue_url exists and that the credentials may receive and delete from it.",
+            ),
+        };
+        report(code, e.to_string(), hint)
+    }
+}
+
+impl From<IngestError> for ErrorReport {
+    fn from(e: IngestError) -> Self {
+        let (code, hint) = match e {
+            IngestError::BadMax(_) => (
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "Pass a number of messages from 1 to 10000, e.g. SELECT fetch_login_queue(100);".to_owned(),
+            ),
+            IngestError::NoTable(ref table) => (
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("Create {table} again (see the README for its columns), or recreate the extension."),
+            ),
+            IngestError::NoColumn { .. } => (
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                "user_logins needs the columns user_id, device_type, masked_ip, masked_device_id, locale, app_version and create_date.".to_owned(),
+            ),
+            IngestError::ColumnType { .. } => (
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                "See the README for the column types user_logins may have.".to_owned(),
+            ),
+            IngestError::Spi(_) => (
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "The transaction is rolled back and its messages stay in the queue.".to_owned(),
+            ),
+        };
+        report(code, e.to_string(), &hint)
+    }
+}

@@ -1,0 +1,50 @@
+//! The SQL function mask_pii, which masks exactly as ingestion does.
+use crate::settings;
+use pgrx::prelude::*;
+
+/// Lowercase hex of SHA-256, or HMAC-SHA256 keyed by `sqs_ingest.pii_key` when set. STABLE,
+/// not IMMUTABLE: its result depends on a setting. STRICT: NULL in, NULL out.
+#[pg_extern(stable, strict, parallel_safe)]
+fn mask_pii(value: &str) -> String {
+    settings::masker().mask(value)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn mask_pii_is_sha256_hex_and_null_safe() {
+        assert_eq!(
+            Spi::get_one::<String>("SELECT mask_pii('abc')").unwrap().unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT mask_pii('abc') = encode(sha256('abc'::bytea), 'hex')::text")
+                .map(|_| ())
+                .is_ok(),
+            true
+        );
+        assert_eq!(Spi::get_one::<String>("SELECT mask_pii(NULL)").unwrap(), None);
+    }
+
+    #[pg_test]
+    fn mask_pii_is_keyed_by_pii_key() {
+        Spi::run("SET sqs_ingest.pii_key = 'Jefe'").unwrap();
+        assert_eq!(
+            Spi::get_one::<String>("SELECT mask_pii('what do ya want for nothing?')").unwrap().unwrap(),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[pg_test(error = "sqs_ingest: max must be between 1 and 10000, not 0")]
+    fn fetch_rejects_zero() {
+        Spi::run("SELECT fetch_login_queue(0)").unwrap();
+    }
+
+    #[pg_test(error = "sqs_ingest: max must be between 1 and 10000, not NULL")]
+    fn fetch_rejects_null() {
+        Spi::run("SELECT fetch_login_queue(NULL)").unwrap();
+    }
+}

@@ -1,0 +1,167 @@
+//! The `sqs_ingest.*` settings: their definitions, bounds, and a validated snapshot for one fetch.
+use crate::sqs_client::ClientConfig;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use sqs_ingest_core::endpoint::endpoint_for_queue;
+use sqs_ingest_core::masking::Masker;
+use std::ffi::CString;
+use std::fmt;
+use std::time::Duration;
+
+pub static QUEUE_URL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"http://localhost:4566/000000000000/login-queue"));
+pub static ENDPOINT_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static REGION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"us-east-1"));
+pub static PII_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static FETCH_WAIT: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static VISIBILITY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(-1);
+pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
+pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// SQS limits (seconds): long polls wait at most 20 s, visibility lasts at most 12 h.
+pub const MAX_WAIT_SECONDS: i32 = 20;
+pub const MAX_VISIBILITY_SECONDS: i32 = 43_200;
+
+pub fn register() {
+    // Settings that redirect traffic or hold secrets are superuser-only (PGC_SUSET).
+    GucRegistry::define_string_guc(
+        c"sqs_ingest.queue_url",
+        c"URL of the SQS queue to ingest from.",
+        c"An AWS queue URL, or an emulator's (LocalStack, moto), whose origin then becomes the endpoint.",
+        &QUEUE_URL,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"sqs_ingest.endpoint_url",
+        c"SQS endpoint override; empty: derived from a non-AWS queue URL.",
+        c"",
+        &ENDPOINT_URL,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"sqs_ingest.region",
+        c"AWS region of the queue.",
+        c"",
+        &REGION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"sqs_ingest.pii_key",
+        c"HMAC-SHA256 key for masking ip and device_id; empty: unkeyed SHA-256.",
+        c"",
+        &PII_KEY,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.fetch_wait",
+        c"How long fetch_login_queue waits for messages per ReceiveMessage (0: short poll).",
+        c"",
+        &FETCH_WAIT,
+        0,
+        MAX_WAIT_SECONDS,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.visibility_timeout",
+        c"Visibility timeout asked for received messages; -1: the queue's own.",
+        c"",
+        &VISIBILITY_TIMEOUT,
+        -1,
+        MAX_VISIBILITY_SECONDS,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.connect_timeout",
+        c"Time limit for opening a connection to SQS.",
+        c"",
+        &CONNECT_TIMEOUT_MS,
+        10,
+        60_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.request_timeout",
+        c"Time limit for one SQS request, on top of its long-poll wait.",
+        c"",
+        &REQUEST_TIMEOUT_MS,
+        100,
+        600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+}
+
+#[derive(Debug)]
+pub enum SettingsError {
+    Empty(&'static str),
+    NotHttpUrl(&'static str),
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsError::Empty(name) => write!(f, "sqs_ingest.{name} is not set"),
+            SettingsError::NotHttpUrl(name) => {
+                write!(f, "sqs_ingest.{name} is not an http:// or https:// URL")
+            }
+        }
+    }
+}
+
+/// What one fetch needs, read on the backend's main thread before any async code runs.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    pub queue_url: String,
+    pub client: ClientConfig,
+    pub wait_seconds: i32,
+    pub visibility_timeout: Option<i32>,
+}
+
+fn text(setting: &GucSetting<Option<CString>>) -> String {
+    setting.get().map(|s| s.to_string_lossy().trim().to_owned()).unwrap_or_default()
+}
+
+fn http_url(name: &'static str, value: String) -> Result<String, SettingsError> {
+    if value.is_empty() {
+        Err(SettingsError::Empty(name))
+    } else if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(value)
+    } else {
+        Err(SettingsError::NotHttpUrl(name))
+    }
+}
+
+pub fn fetch_settings() -> Result<FetchSettings, SettingsError> {
+    let queue_url = http_url("queue_url", text(&QUEUE_URL))?;
+    let endpoint = match text(&ENDPOINT_URL) {
+        e if e.is_empty() => endpoint_for_queue(&queue_url).map(str::to_owned),
+        e => Some(http_url("endpoint_url", e)?),
+    };
+    let region = text(&REGION);
+    if region.is_empty() {
+        return Err(SettingsError::Empty("region"));
+    }
+    let visibility = VISIBILITY_TIMEOUT.get();
+    Ok(FetchSettings {
+        queue_url,
+        client: ClientConfig {
+            endpoint,
+            region,
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS.get() as u64),
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS.get() as u64),
+        },
+        wait_seconds: FETCH_WAIT.get(),
+        visibility_timeout: (visibility >= 0).then_some(visibility),
+    })
+}
+
+/// The masker for `mask_pii` and ingestion alike, so both always agree.
+pub fn masker() -> Masker {
+    Masker::new(PII_KEY.get().as_ref().map(|k| k.as_bytes()).unwrap_or_default())
+}

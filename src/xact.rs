@@ -1,0 +1,115 @@
+//! Deletes received messages from SQS only once their transaction commits: savepoints that
+//! roll back keep their messages in the queue, and PREPARE TRANSACTION is refused.
+use crate::errors::raise;
+use crate::sqs_client::{self, ClientConfig};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::time::Duration;
+
+/// Most receipt handles one DeleteMessageBatch takes.
+const DELETE_BATCH: usize = 10;
+
+struct Pending {
+    subxact: pg_sys::SubTransactionId,
+    client: ClientConfig,
+    queue_url: String,
+    handles: Vec<String>,
+}
+
+thread_local! {
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Queues `handles` for deletion when the current (sub)transaction's top level commits.
+pub fn delete_after_commit(client: &ClientConfig, queue_url: &str, handles: Vec<String>) {
+    if handles.is_empty() {
+        return;
+    }
+    if !REGISTERED.replace(true) {
+        // SAFETY: both callbacks are plain functions that live as long as the backend.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+        }
+    }
+    // SAFETY: called inside a transaction, as every SQL function is.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    PENDING.with_borrow_mut(|p| {
+        p.push(Pending { subxact, client: client.clone(), queue_url: queue_url.to_owned(), handles })
+    });
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_PREPARE if PENDING.with_borrow(|p| !p.is_empty()) => raise(
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "sqs_ingest: cannot PREPARE a transaction that has fetched SQS messages",
+                "sqs_ingest",
+            )
+            .set_hint("Commit it instead: its messages are deleted from SQS only after COMMIT, which PREPARE TRANSACTION would outlive."),
+        ),
+        XACT_EVENT_COMMIT => {
+            let pending = PENDING.take();
+            // Nothing may escape a post-commit callback: Postgres would PANIC.
+            if std::panic::catch_unwind(move || delete_all(pending)).is_err() {
+                warning!("sqs_ingest: deleting messages after commit failed; they will be redelivered and skipped");
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE => drop(PENDING.take()),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => PENDING.with_borrow_mut(|p| p.retain(|e| e.subxact != subxact)),
+        SUBXACT_EVENT_COMMIT_SUB => PENDING.with_borrow_mut(|p| {
+            p.iter_mut().filter(|e| e.subxact == subxact).for_each(|e| e.subxact = parent)
+        }),
+        _ => {}
+    }
+}
+
+/// Deletes in batches of ten; stops at the first batch that cannot reach SQS, since the rest
+/// would only wait for the same timeout. What is not deleted comes back after the visibility
+/// timeout, and the ledger turns it into a no-op.
+fn delete_all(pending: Vec<Pending>) {
+    for Pending { client, queue_url, handles, .. } in pending {
+        let limit = client.request_timeout + Duration::from_secs(1);
+        let mut refused = 0usize;
+        for (i, batch) in handles.chunks(DELETE_BATCH).enumerate() {
+            let done = sqs_client::run_with_deadline(
+                sqs_client::delete_batch(&client, &queue_url, batch),
+                limit,
+            );
+            let error = match done {
+                Some(Ok(failed)) => {
+                    refused += failed;
+                    continue;
+                }
+                Some(Err(e)) => e.to_string(),
+                None => format!("no answer within {} ms", limit.as_millis()),
+            };
+            let left = handles.len() - i * DELETE_BATCH;
+            warning!("sqs_ingest: could not delete {left} of {} committed messages from {queue_url}: {error}; they will be redelivered and skipped", handles.len());
+            break;
+        }
+        if refused > 0 {
+            warning!("sqs_ingest: SQS refused to delete {refused} of {} committed messages from {queue_url}; they will be redelivered and skipped", handles.len());
+        }
+    }
+}
