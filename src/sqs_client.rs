@@ -4,7 +4,6 @@ use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
 use std::fmt;
@@ -154,7 +153,7 @@ async fn build(config: &ClientConfig) -> Result<Client, SqsError> {
     chain
         .provide_credentials()
         .await
-        .map_err(|e| SqsError::Credentials { detail: DisplayErrorContext(&e).to_string() })?;
+        .map_err(|e| SqsError::Credentials { detail: causes(&e) })?;
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
         .credentials_provider(chain)
@@ -171,7 +170,7 @@ async fn build(config: &ClientConfig) -> Result<Client, SqsError> {
 fn request_error<E, R>(config: &ClientConfig, err: aws_sdk_sqs::error::SdkError<E, R>) -> SqsError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
+    R: fmt::Debug + 'static,
 {
     use aws_sdk_sqs::error::SdkError;
     match &err {
@@ -180,8 +179,23 @@ where
             code: service.err().code().unwrap_or("an error").to_owned(),
             message: service.err().message().unwrap_or_default().to_owned(),
         },
-        _ => SqsError::Unreachable { target: config.target(), detail: DisplayErrorContext(&err).to_string() },
+        _ => SqsError::Unreachable { target: config.target(), detail: causes(&err) },
     }
+}
+
+/// An error and its sources as one line: "dispatch failure: io error: ... Connection refused".
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 fn timed_out(config: &ClientConfig, limit: Duration) -> SqsError {

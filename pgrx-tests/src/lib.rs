@@ -1,1 +1,37 @@
+//! Harness for sqs_ingest's integration tests and demo: a throwaway PostgreSQL 15 cluster with
+//! the installed extension preloaded, a moto SQS server, and generated login messages.
+pub mod cluster;
+pub mod emulator;
+pub mod hang;
+pub mod logins;
 
+pub use cluster::Cluster;
+pub use emulator::{Emulator, Queue};
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where scripts/setup.sh put the Python venv with moto.
+pub fn venv() -> std::path::PathBuf {
+    match std::env::var_os("SQS_INGEST_VENV") {
+        Some(v) => v.into(),
+        None => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            std::path::Path::new(&home).join(".cache/sqs_ingest/venv")
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! A throwaway PostgreSQL 15 cluster, run as the `postgres` OS user when we are root.
+use crate::{free_port, wait_until};
+use postgres::{Client, NoTls};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+fn as_postgres(program: &str) -> Command {
+    // initdb and postgres refuse to run as root.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut command: Command) {
+    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Cluster {
+    /// initdb in a fresh directory and start the server with `settings` appended to
+    /// postgresql.conf and `env` as the postmaster's only environment (besides PATH and LANG).
+    pub fn start(name: &str, settings: &[String], env: &[(&str, &str)]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("sqs_ingest-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            run({
+                let mut c = Command::new("chown");
+                c.args(["postgres:", dir.to_str().unwrap()]);
+                c
+            });
+        }
+        let data = dir.join("data");
+        run({
+            let mut c = as_postgres(&format!("{BIN}/initdb"));
+            c.args(["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8"]);
+            c.args(["--locale=C.UTF-8", "--no-sync"]);
+            c
+        });
+        let port = free_port();
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_preload_libraries = 'sqs_ingest'\nfsync = off\nmax_connections = 50\n\
+             log_line_prefix = '%m [%p] %q%a '\n",
+            dir.display()
+        );
+        for s in settings {
+            conf.push_str(s);
+            conf.push('\n');
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
+            .unwrap();
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl_start(env);
+        cluster
+    }
+
+    fn pg_ctl_start(&self, env: &[(&str, &str)]) {
+        // A clean environment: RUST_BACKTRACE and friends in the postmaster slow every ERROR.
+        let mut c = as_postgres("/usr/bin/env");
+        c.args(["-i", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]);
+        for (k, v) in env {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(format!("{BIN}/pg_ctl"));
+        c.args(["-D", self.data().to_str().unwrap(), "-l", self.log().to_str().unwrap()]);
+        c.args(["-w", "-t", "60", "start"]);
+        run(c);
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={db} application_name=sqs_ingest_it", self.port)
+    }
+
+    pub fn connect(&self, db: &str) -> Client {
+        Client::connect(&self.url(db), NoTls).unwrap_or_else(|e| panic!("connect to {db}: {e}"))
+    }
+
+    /// A new database with the extension created in it.
+    pub fn database(&self, name: &str) -> Client {
+        // CREATE DATABASE copies template1 and fails while another copy is under way.
+        static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut admin = self.connect("postgres");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let mut client = self.connect(name);
+        client.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+        client
+    }
+
+    pub fn is_up(&self) -> bool {
+        Client::connect(&self.url("postgres"), NoTls)
+            .and_then(|mut c| c.simple_query("SELECT 1"))
+            .is_ok()
+    }
+
+    pub fn stop(&self) {
+        let mut c = as_postgres(&format!("{BIN}/pg_ctl"));
+        c.args(["-D", self.data().to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        let _ = c.output();
+    }
+
+    /// Waits for the server to be up, e.g. after a crash restart.
+    pub fn wait_up(&self) {
+        wait_until("the server to accept connections", Duration::from_secs(30), || self.is_up());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+}
+
+static SHARED: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" fn stop_shared() {
+    if let Some(c) = SHARED.get() {
+        c.stop();
+    }
+}
+
+impl Cluster {
+    /// One cluster for all tests of a test binary, stopped when the binary exits.
+    pub fn shared(env: &[(&str, &str)]) -> &'static Cluster {
+        SHARED.get_or_init(|| {
+            // SAFETY: registers a plain function; statics are never dropped, so only this stops it.
+            unsafe { libc::atexit(stop_shared) };
+            Cluster::start("shared", &[], env)
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

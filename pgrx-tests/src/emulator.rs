@@ -1,0 +1,143 @@
+//! A real SQS emulator process (moto's server) on loopback, and a client to fill and inspect queues.
+use crate::{free_port, venv, wait_until};
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::Client;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+use tokio::runtime::Runtime;
+
+/// Credentials the emulator accepts; the cluster's postmaster gets the same.
+pub const AWS_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+    // No instance-metadata probe: this machine has no metadata service to ask.
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+pub struct Emulator {
+    pub endpoint: String,
+    process: Mutex<Child>,
+    client: Client,
+    runtime: Runtime,
+}
+
+static SHARED: OnceLock<Emulator> = OnceLock::new();
+
+extern "C" fn stop_shared() {
+    if let Some(e) = SHARED.get() {
+        e.stop();
+    }
+}
+
+impl Emulator {
+    pub fn start() -> Emulator {
+        let port = free_port();
+        let process = Command::new(venv().join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (run scripts/setup.sh first)");
+        wait_until("moto to listen", Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = runtime.block_on(async {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-east-1"))
+                .endpoint_url(&endpoint);
+            loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "sqs_ingest_it",
+            ));
+            Client::new(&loader.load().await)
+        });
+        Emulator { endpoint, process: Mutex::new(process), client, runtime }
+    }
+
+    /// One emulator for all tests of a test binary, killed when the binary exits.
+    pub fn shared() -> &'static Emulator {
+        SHARED.get_or_init(|| {
+            // SAFETY: registers a plain function; statics are never dropped.
+            unsafe { libc::atexit(stop_shared) };
+            Emulator::start()
+        })
+    }
+
+    pub fn stop(&self) {
+        let mut p = self.process.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+
+    /// A new, empty standard queue.
+    pub fn queue(&self, name: &str) -> Queue<'_> {
+        let url = self
+            .runtime
+            .block_on(self.client.create_queue().queue_name(name).send())
+            .expect("create_queue")
+            .queue_url
+            .expect("queue url");
+        Queue { emulator: self, url }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Queue<'a> {
+    emulator: &'a Emulator,
+    pub url: String,
+}
+
+impl Queue<'_> {
+    pub fn send(&self, bodies: &[String]) {
+        let e = self.emulator;
+        for (n, chunk) in bodies.chunks(10).enumerate() {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{}", n * 10 + i))
+                        .message_body(body)
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = e
+                .runtime
+                .block_on(e.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send())
+                .expect("send_message_batch");
+            assert!(out.failed.is_empty(), "emulator refused messages: {:?}", out.failed);
+        }
+    }
+
+    /// (visible, in flight) messages, as SQS approximates them.
+    pub fn counts(&self) -> (u64, u64) {
+        let e = self.emulator;
+        let out = e
+            .runtime
+            .block_on(
+                e.client
+                    .get_queue_attributes()
+                    .queue_url(&self.url)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                    .send(),
+            )
+            .expect("get_queue_attributes");
+        let attrs = out.attributes.unwrap_or_default();
+        let get = |name| attrs.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+}

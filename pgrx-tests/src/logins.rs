@@ -1,0 +1,78 @@
+//! Generated login messages of the take-home's shape: realistic values, a few malformed bodies.
+
+/// A small deterministic generator (xorshift), so runs are repeatable without a rand crate.
+pub struct Generator(u64);
+
+const DEVICES: [&str; 2] = ["android", "ios"];
+const LOCALES: [&str; 8] = ["RU", "PH", "ID", "FR", "PT", "US", "BR", "CN"];
+
+impl Generator {
+    pub fn new(seed: u64) -> Generator {
+        Generator(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// One valid login as Python's json.dumps would send it; `locale` None is JSON null.
+    pub fn login(&mut self, locale: bool) -> String {
+        let uuid = format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            self.next() as u32,
+            self.below(1 << 16),
+            self.below(1 << 12),
+            0x8000 | self.below(1 << 14),
+            self.next() & 0xffff_ffff_ffff
+        );
+        let version = if self.below(2) == 0 {
+            format!("{}.{}.{}", self.below(4), self.below(10), self.below(10))
+        } else {
+            format!("{}.{}", self.below(4), self.below(100))
+        };
+        let ip = format!("{}.{}.{}.{}", 1 + self.below(254), self.below(256), self.below(256), self.below(256));
+        let device_id = format!("{:03}-{:02}-{:04}", self.below(1000), self.below(100), self.below(10000));
+        let locale = if locale {
+            format!("\"{}\"", LOCALES[self.below(LOCALES.len() as u64) as usize])
+        } else {
+            "null".to_owned()
+        };
+        let device = DEVICES[self.below(2) as usize];
+        format!(
+            "{{\"user_id\": \"{uuid}\", \"app_version\": \"{version}\", \"device_type\": \"{device}\", \
+             \"ip\": \"{ip}\", \"locale\": {locale}, \"device_id\": \"{device_id}\"}}"
+        )
+    }
+}
+
+/// The take-home's malformed record.
+pub const MALFORMED: &str = r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#;
+
+/// `count` messages like the take-home's queue: the malformed record at index 12 (when there
+/// are that many) and a null locale in 29 of every 99 valid ones.
+pub fn take_home_like(count: usize, seed: u64) -> Vec<String> {
+    let mut g = Generator::new(seed);
+    let mut valid = 0;
+    (0..count)
+        .map(|i| {
+            if i == 12 {
+                return MALFORMED.to_owned();
+            }
+            valid += 1;
+            g.login((valid - 1) % 99 >= 29)
+        })
+        .collect()
+}
+
+/// The ip of a generated body, to look the row up by mask_pii.
+pub fn ip_of(body: &str) -> &str {
+    let start = body.find("\"ip\": \"").expect("a generated login") + 7;
+    &body[start..start + body[start..].find('"').unwrap()]
+}

@@ -1,0 +1,120 @@
+//! fetch_login_queue end to end: a real cluster, a real emulator, real commits.
+use postgres::error::SqlState;
+use postgres::Client;
+use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::logins::{ip_of, take_home_like};
+use sqs_ingest_it::{wait_until, Cluster, Emulator, Queue};
+use std::time::Duration;
+
+fn cluster() -> &'static Cluster {
+    Cluster::shared(&AWS_ENV)
+}
+
+/// A database of its own and a queue of its own for one test, the session pointed at it.
+fn setup(name: &str) -> (Client, Queue<'static>) {
+    let queue = Emulator::shared().queue(name);
+    let mut db = cluster().database(name);
+    point_at(&mut db, &queue.url);
+    (db, queue)
+}
+
+fn point_at(db: &mut Client, queue_url: &str) {
+    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{queue_url}'")).unwrap();
+}
+
+fn count(db: &mut Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).unwrap().get(0)
+}
+
+fn fetch(db: &mut Client, max: i32) -> i32 {
+    db.query_one("SELECT fetch_login_queue($1)", &[&max]).unwrap().get(0)
+}
+
+#[test]
+fn take_home_queue_gives_99_rows_1_dead_letter_and_an_empty_queue() {
+    let (mut db, queue) = setup("take_home");
+    let bodies = take_home_like(100, 7);
+    queue.send(&bodies);
+
+    assert_eq!(fetch(&mut db, 1000), 99);
+
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 99);
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins WHERE locale IS NULL"), 29);
+    let reason: String = db.query_one("SELECT reason FROM sqs_ingest.dead_letters", &[]).unwrap().get(0);
+    assert_eq!(reason, "field \"user_id\" is missing");
+    assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.processed_messages"), 100);
+    assert_eq!(queue.counts(), (0, 0), "everything committed is deleted from the queue");
+
+    // The documented lookup: a known IP finds its row through the same masking.
+    let ip = ip_of(&bodies[0]);
+    let found = count(&mut db, &format!("SELECT count(*) FROM user_logins WHERE masked_ip = mask_pii('{ip}')"));
+    assert_eq!(found, 1);
+    let raw = count(&mut db, &format!("SELECT count(*) FROM user_logins WHERE masked_ip = '{ip}' OR user_id = '{ip}'"));
+    assert_eq!(raw, 0, "no raw IP is stored");
+}
+
+#[test]
+fn rollback_leaves_messages_which_come_back_and_are_ingested_once() {
+    let (mut db, queue) = setup("rollback");
+    queue.send(&take_home_like(10, 11));
+    db.batch_execute("SET sqs_ingest.visibility_timeout = 1").unwrap();
+
+    db.batch_execute("BEGIN").unwrap();
+    assert_eq!(fetch(&mut db, 10), 10);
+    db.batch_execute("ROLLBACK").unwrap();
+
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 0);
+    let (visible, in_flight) = queue.counts();
+    assert_eq!(visible + in_flight, 10, "a rollback deletes nothing");
+
+    wait_until("the rolled-back messages to be visible again", Duration::from_secs(30), || {
+        queue.counts() == (10, 0)
+    });
+    assert_eq!(fetch(&mut db, 100), 10);
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 10);
+    assert_eq!(queue.counts(), (0, 0));
+}
+
+#[test]
+fn rows_are_invisible_to_other_sessions_until_commit() {
+    let (mut db, queue) = setup("visibility");
+    queue.send(&take_home_like(5, 13));
+    let mut other = cluster().connect("visibility");
+
+    db.batch_execute("BEGIN").unwrap();
+    assert_eq!(fetch(&mut db, 10), 5);
+    assert_eq!(count(&mut other, "SELECT count(*) FROM user_logins"), 0);
+    assert_eq!(queue.counts(), (0, 5), "nothing is deleted before COMMIT");
+    db.batch_execute("COMMIT").unwrap();
+
+    assert_eq!(count(&mut other, "SELECT count(*) FROM user_logins"), 5);
+    assert_eq!(queue.counts(), (0, 0));
+}
+
+#[test]
+fn max_outside_1_to_10000_or_null_is_invalid_parameter_value() {
+    let (mut db, _queue) = setup("bad_max");
+    for max in ["0", "-1", "10001", "NULL"] {
+        let err = db.query_one(&format!("SELECT fetch_login_queue({max})"), &[]).unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "max = {max}: {err}");
+        let db_err = err.as_db_error().unwrap();
+        assert!(db_err.hint().is_some(), "max = {max} has a HINT");
+    }
+}
+
+#[test]
+fn unreachable_endpoint_is_a_clear_error_and_loses_nothing() {
+    let (mut db, queue) = setup("unreachable");
+    queue.send(&take_home_like(3, 17));
+    let closed = sqs_ingest_it::free_port();
+    point_at(&mut db, &format!("http://127.0.0.1:{closed}/000000000000/unreachable"));
+
+    let err = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap_err();
+    let db_err = err.as_db_error().expect("an ERROR from the server");
+    assert_eq!(db_err.code(), &SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION);
+    assert!(db_err.message().contains(&format!("127.0.0.1:{closed}")), "{}", db_err.message());
+    assert!(db_err.hint().is_some());
+
+    point_at(&mut db, &queue.url);
+    assert_eq!(fetch(&mut db, 10), 3, "the real queue still has every message");
+}

@@ -1,0 +1,85 @@
+//! Every network wait is interruptible: cancel, statement_timeout and terminate act within
+//! 250 ms against an endpoint that accepts the connection and never answers.
+use postgres::error::SqlState;
+use postgres::NoTls;
+use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::hang::Hang;
+use sqs_ingest_it::{wait_until, Cluster};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_millis(250);
+
+fn cluster() -> &'static Cluster {
+    Cluster::shared(&AWS_ENV)
+}
+
+fn postmaster_start(c: &Cluster) -> String {
+    c.connect("postgres").query_one("SELECT pg_postmaster_start_time()::text", &[]).unwrap().get(0)
+}
+
+/// Starts fetch_login_queue against a hanging endpoint in a thread, waits until the backend
+/// is connected to it, and returns the backend's pid, the thread, and the fake endpoint.
+fn hanging_fetch(
+    name: &str,
+) -> (i32, std::thread::JoinHandle<(Result<i32, postgres::Error>, Instant)>, Hang, postgres::CancelToken) {
+    let hang = Hang::start();
+    let mut db = cluster().database(name);
+    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'", hang.queue_url())).unwrap();
+    let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let token = db.cancel_token();
+    let worker = std::thread::spawn(move || {
+        let result = db.query_one("SELECT fetch_login_queue(10)", &[]).map(|r| r.get(0));
+        (result, Instant::now())
+    });
+    wait_until("the backend to connect to the hanging endpoint", Duration::from_secs(10), || {
+        hang.accepted() > 0
+    });
+    (pid, worker, hang, token)
+}
+
+#[test]
+fn cancel_acts_within_250ms() {
+    const NAME: &str = "cancel";
+    let before = postmaster_start(cluster());
+    let (_pid, worker, _hang, token) = hanging_fetch(NAME);
+    let asked = Instant::now();
+    token.cancel_query(NoTls).unwrap();
+    let (result, ended) = worker.join().unwrap();
+    let latency = ended - asked;
+    eprintln!("cancel latency: {} ms", latency.as_millis());
+    assert_eq!(result.unwrap_err().code(), Some(&SqlState::QUERY_CANCELED));
+    assert!(latency < LIMIT, "cancel took {latency:?}");
+    assert_eq!(postmaster_start(cluster()), before, "no crash restart");
+}
+
+#[test]
+fn statement_timeout_latency_is_bounded() {
+    let mut db = cluster().database("timeout");
+    let hang = Hang::start();
+    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'; SET statement_timeout = '300ms'", hang.queue_url()))
+        .unwrap();
+    let start = Instant::now();
+    let err = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap_err();
+    let took = start.elapsed();
+    eprintln!("statement_timeout = 300ms returned after {} ms", took.as_millis());
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+    assert!(took < Duration::from_millis(300) + LIMIT, "took {took:?}");
+    assert_eq!(db.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1, "the session goes on");
+}
+
+#[test]
+fn terminate_acts_within_250ms_and_the_server_survives() {
+    const NAME: &str = "terminate";
+    let before = postmaster_start(cluster());
+    let (pid, worker, _hang, _token) = hanging_fetch(NAME);
+    let mut admin = cluster().connect("postgres");
+    let asked = Instant::now();
+    admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    let (result, ended) = worker.join().unwrap();
+    let latency = ended - asked;
+    eprintln!("terminate latency: {} ms", latency.as_millis());
+    assert!(result.is_err());
+    assert!(latency < LIMIT, "terminate took {latency:?}");
+    assert_eq!(postmaster_start(cluster()), before, "no crash restart");
+    assert!(cluster().is_up());
+}
