@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing sqs_ingest needs on Debian (root); every step is skipped when already done.
 set -euo pipefail
+source "$(dirname "$0")/env.sh"
 
 PGRX_VERSION=0.18.1
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-CACHE_DIR=${SQS_INGEST_CACHE:-$HOME/.cache/sqs_ingest}
-VENV=$CACHE_DIR/venv
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron clang libclang-dev
               build-essential pkg-config sudo openssl)
-PY_PACKAGES=("moto[server]==5.1.*" "boto3")
+PY_PACKAGES=("moto[server]==5.1.*")
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -36,9 +34,9 @@ if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; t
   cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi
 
-if [ ! -x "$VENV/bin/moto_server" ]; then
-  log "python venv with ${PY_PACKAGES[*]} in $VENV"
-  mkdir -p "$CACHE_DIR"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+if [ ! -x "$SQS_INGEST_VENV/bin/moto_server" ]; then
+  log "python venv with ${PY_PACKAGES[*]} in $SQS_INGEST_VENV"
+  mkdir -p "$SQS_INGEST_CACHE"
+  python3 -m venv "$SQS_INGEST_VENV"
+  "$SQS_INGEST_VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi

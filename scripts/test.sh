@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests of the pure core, #[pg_test]s, and the integration tests against
+# a real PostgreSQL 15 cluster and a real SQS emulator. Installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+bash scripts/setup.sh
+
+echo "==> unit tests (cargo test -p sqs_ingest_core)"
+cargo test -p sqs_ingest_core
+
+echo "==> #[pg_test]s (cargo pgrx test)"
+# Before the release install: cargo pgrx test overwrites the installed library with its build.
+pgdata=$(mktemp -d)
+chown postgres "$pgdata"
+cargo pgrx test pg15 --runas postgres --pgdata "$pgdata/data"
+rm -rf "$pgdata"
+
+echo "==> install the extension (cargo pgrx install --release)"
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+
+echo "==> integration tests (cargo test -p sqs_ingest_it)"
+cargo test -p sqs_ingest_it
