@@ -71,8 +71,20 @@ pub fn take_home_like(count: usize, seed: u64) -> Vec<String> {
         .collect()
 }
 
-/// The ip of a generated body, to look the row up by mask_pii.
-pub fn ip_of(body: &str) -> &str {
-    let start = body.find("\"ip\": \"").expect("a generated login") + 7;
-    &body[start..start + body[start..].find('"').unwrap()]
+/// Where the string value of `key` lies in a generated body.
+fn span(body: &str, key: &str) -> std::ops::Range<usize> {
+    let prefix = format!("\"{key}\": \"");
+    let start = body.find(&prefix).unwrap_or_else(|| panic!("{key} in a generated login")) + prefix.len();
+    start..start + body[start..].find('"').unwrap()
+}
+
+/// The string value of `key` in a generated body, e.g. the ip to look a row up by.
+pub fn field<'a>(body: &'a str, key: &str) -> &'a str {
+    &body[span(body, key)]
+}
+
+/// The body with the string value of `key` replaced by `value`.
+pub fn with_field(body: &str, key: &str, value: &str) -> String {
+    let at = span(body, key);
+    format!("{}{value}{}", &body[..at.start], &body[at.end..])
 }

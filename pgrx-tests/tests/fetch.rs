@@ -2,7 +2,7 @@
 use postgres::error::SqlState;
 use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
-use sqs_ingest_it::logins::{ip_of, take_home_like};
+use sqs_ingest_it::logins::{field, take_home_like, with_field};
 use sqs_ingest_it::{wait_until, Cluster, Emulator, Queue};
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ fn take_home_queue_gives_99_rows_1_dead_letter_and_an_empty_queue() {
     assert_eq!(queue.counts(), (0, 0), "everything committed is deleted from the queue");
 
     // The documented lookup: a known IP finds its row through the same masking.
-    let ip = ip_of(&bodies[0]);
+    let ip = field(&bodies[0], "ip");
     let found = count(&mut db, &format!("SELECT count(*) FROM user_logins WHERE masked_ip = mask_pii('{ip}')"));
     assert_eq!(found, 1);
     let raw = count(&mut db, &format!("SELECT count(*) FROM user_logins WHERE masked_ip = '{ip}' OR user_id = '{ip}'"));
@@ -89,6 +89,103 @@ fn rows_are_invisible_to_other_sessions_until_commit() {
 
     assert_eq!(count(&mut other, "SELECT count(*) FROM user_logins"), 5);
     assert_eq!(queue.counts(), (0, 0));
+}
+
+#[test]
+fn rolled_back_savepoint_keeps_its_messages_in_the_queue() {
+    let (mut db, queue) = setup("savepoint");
+    queue.send(&take_home_like(4, 19));
+    db.batch_execute("SET sqs_ingest.visibility_timeout = 1").unwrap();
+    db.batch_execute("BEGIN; SAVEPOINT s; SELECT fetch_login_queue(2); ROLLBACK TO SAVEPOINT s").unwrap();
+    db.batch_execute("SAVEPOINT t; SELECT fetch_login_queue(2); RELEASE SAVEPOINT t; COMMIT").unwrap();
+
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 2, "only the released savepoint's rows");
+    wait_until("the rolled-back pair to be visible again", Duration::from_secs(30), || queue.counts() == (2, 0));
+    assert_eq!(fetch(&mut db, 10), 2);
+    assert_eq!(queue.counts(), (0, 0));
+}
+
+#[test]
+fn plpgsql_exception_block_forgets_the_messages_it_received() {
+    let (mut db, queue) = setup("exception_block");
+    queue.send(&take_home_like(3, 23));
+    db.batch_execute("SET sqs_ingest.visibility_timeout = 1").unwrap();
+    db.batch_execute(
+        "DO $$ BEGIN
+             BEGIN
+                 PERFORM fetch_login_queue(10);
+                 RAISE EXCEPTION 'changed my mind';
+             EXCEPTION WHEN raise_exception THEN NULL;
+             END;
+         END $$",
+    )
+    .unwrap();
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 0);
+    wait_until("the messages to be visible again", Duration::from_secs(30), || queue.counts() == (3, 0));
+}
+
+#[test]
+fn prepare_transaction_after_a_fetch_is_refused() {
+    let (mut db, queue) = setup("prepare");
+    queue.send(&take_home_like(2, 29));
+    db.batch_execute("SET sqs_ingest.visibility_timeout = 1").unwrap();
+    db.batch_execute("BEGIN; SELECT fetch_login_queue(10)").unwrap();
+    let err = db.batch_execute("PREPARE TRANSACTION 'p1'").unwrap_err();
+    let db_err = err.as_db_error().unwrap();
+    assert_eq!(db_err.code(), &SqlState::FEATURE_NOT_SUPPORTED, "{db_err:?}");
+    assert!(db_err.hint().is_some());
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 0);
+    wait_until("the messages to be visible again", Duration::from_secs(30), || queue.counts() == (2, 0));
+}
+
+#[test]
+fn take_home_table_with_integer_app_version_works_unchanged() {
+    let queue = Emulator::shared().queue("integer_version");
+    let mut admin = cluster().connect("postgres");
+    admin.batch_execute("CREATE DATABASE integer_version").unwrap();
+    let mut db = cluster().connect("integer_version");
+    // The take-home's own DDL, created before the extension.
+    db.batch_execute(
+        "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32),
+             masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32),
+             app_version integer, create_date date);
+         CREATE EXTENSION sqs_ingest",
+    )
+    .unwrap();
+    point_at(&mut db, &queue.url);
+    let login = take_home_like(1, 31).remove(0);
+    let version = |v: &str| with_field(&login, "app_version", v);
+    queue.send(&[version("2.3.0"), version("0.96"), version("1.100")]);
+    assert_eq!(fetch(&mut db, 10), 2);
+    let mut versions: Vec<i32> =
+        db.query("SELECT app_version FROM user_logins", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    versions.sort();
+    assert_eq!(versions, vec![9600, 20300]);
+    let reason: String = db.query_one("SELECT reason FROM sqs_ingest.dead_letters", &[]).unwrap().get(0);
+    assert!(reason.contains("over 99"), "{reason}");
+}
+
+#[test]
+fn drop_extension_keeps_user_logins() {
+    let (mut db, queue) = setup("drop_extension");
+    queue.send(&take_home_like(3, 37));
+    assert_eq!(fetch(&mut db, 10), 3);
+    db.batch_execute("DROP EXTENSION sqs_ingest").unwrap();
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 3);
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 3, "kept, and used again");
+}
+
+#[test]
+fn missing_column_is_an_error_before_anything_is_received() {
+    let (mut db, queue) = setup("missing_column");
+    queue.send(&take_home_like(1, 41));
+    db.batch_execute("ALTER TABLE user_logins DROP COLUMN locale").unwrap();
+    let err = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap_err();
+    let db_err = err.as_db_error().unwrap();
+    assert_eq!(db_err.code(), &SqlState::UNDEFINED_COLUMN);
+    assert!(db_err.message().contains("\"locale\""), "{}", db_err.message());
+    assert_eq!(queue.counts(), (1, 0), "nothing was received");
 }
 
 #[test]
