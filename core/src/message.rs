@@ -67,7 +67,7 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::NotJson(e) => write!(f, "body is not valid JSON: {e}"),
-            Rejection::NotObject(kind) => write!(f, "body is JSON {kind}, not an object"),
+            Rejection::NotObject(kind) => write!(f, "body is valid JSON but {kind}, not an object"),
             Rejection::Missing(field) => write!(f, "field \"{field}\" is missing"),
             Rejection::Null(field) => write!(f, "field \"{field}\" is null"),
             Rejection::WrongType { field, found } => {
