@@ -4,7 +4,8 @@ use postgres::error::SqlState;
 use postgres::NoTls;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::hang::Hang;
-use sqs_ingest_it::{wait_until, Cluster};
+use sqs_ingest_it::logins::take_home_like;
+use sqs_ingest_it::{wait_until, Cluster, Emulator};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_millis(250);
@@ -21,7 +22,7 @@ fn postmaster_start(c: &Cluster) -> String {
 /// is connected to it, and returns the backend's pid, the thread, and the fake endpoint.
 fn hanging_fetch(
     name: &str,
-) -> (i32, std::thread::JoinHandle<(Result<i32, postgres::Error>, Instant)>, Hang, postgres::CancelToken) {
+) -> (i32, std::thread::JoinHandle<(Result<i32, postgres::Error>, Instant, postgres::Client)>, Hang, postgres::CancelToken) {
     let hang = Hang::start();
     let mut db = cluster().database(name);
     db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'", hang.queue_url())).unwrap();
@@ -29,7 +30,7 @@ fn hanging_fetch(
     let token = db.cancel_token();
     let worker = std::thread::spawn(move || {
         let result = db.query_one("SELECT fetch_login_queue(10)", &[]).map(|r| r.get(0));
-        (result, Instant::now())
+        (result, Instant::now(), db)
     });
     wait_until("the backend to connect to the hanging endpoint", Duration::from_secs(10), || {
         hang.accepted() > 0
@@ -44,12 +45,19 @@ fn cancel_acts_within_250ms() {
     let (_pid, worker, _hang, token) = hanging_fetch(NAME);
     let asked = Instant::now();
     token.cancel_query(NoTls).unwrap();
-    let (result, ended) = worker.join().unwrap();
+    let (result, ended, mut db) = worker.join().unwrap();
     let latency = ended - asked;
     eprintln!("cancel latency: {} ms", latency.as_millis());
     assert_eq!(result.unwrap_err().code(), Some(&SqlState::QUERY_CANCELED));
     assert!(latency < LIMIT, "cancel took {latency:?}");
     assert_eq!(postmaster_start(cluster()), before, "no crash restart");
+
+    // The backend's runtime and client survive the abandoned request.
+    let queue = Emulator::shared().queue("after_cancel");
+    queue.send(&take_home_like(2, 43));
+    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'", queue.url)).unwrap();
+    let rows: i32 = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap().get(0);
+    assert_eq!(rows, 2);
 }
 
 #[test]
@@ -75,7 +83,7 @@ fn terminate_acts_within_250ms_and_the_server_survives() {
     let mut admin = cluster().connect("postgres");
     let asked = Instant::now();
     admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
-    let (result, ended) = worker.join().unwrap();
+    let (result, ended, _db) = worker.join().unwrap();
     let latency = ended - asked;
     eprintln!("terminate latency: {} ms", latency.as_millis());
     assert!(result.is_err());
