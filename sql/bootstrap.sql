@@ -6,6 +6,8 @@ CREATE TABLE sqs_ingest.processed_messages (
     message_id  text PRIMARY KEY,
     ingested_at timestamptz NOT NULL DEFAULT now()
 );
+-- Pruning (sqs_ingest.ledger_retention) deletes the oldest entries first.
+CREATE INDEX processed_messages_ingested_at ON sqs_ingest.processed_messages (ingested_at);
 
 CREATE TABLE sqs_ingest.dead_letters (
     id            bigserial PRIMARY KEY,

@@ -52,6 +52,7 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
     let settings = settings::fetch_settings().unwrap_or_else(|e| raise(e));
     let target = Target::resolve().unwrap_or_else(|e| raise(e));
     let masker = settings::masker();
+    prune_ledger(settings.ledger_retention_seconds);
     let mut remaining = max;
     let mut total = Stored::default();
     while remaining > 0 {
@@ -83,6 +84,20 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
         );
     }
     total.rows
+}
+
+/// Most expired ledger entries one call removes, so a backlog is worked off over several
+/// calls instead of making one call slow.
+const PRUNE_LIMIT: i64 = 10_000;
+
+/// Removes ledger entries older than the retention, in the caller's transaction. Rows another
+/// transaction is already deleting are skipped rather than waited for.
+fn prune_ledger(retention_seconds: i32) {
+    let sql = "DELETE FROM sqs_ingest.processed_messages WHERE message_id IN (
+                   SELECT message_id FROM sqs_ingest.processed_messages
+                   WHERE ingested_at < now() - make_interval(secs => $1)
+                   ORDER BY ingested_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+    update(sql, &[(retention_seconds as f64).into(), PRUNE_LIMIT.into()]);
 }
 
 /// What storing one batch did.

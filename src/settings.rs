@@ -16,6 +16,10 @@ pub static FETCH_WAIT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static VISIBILITY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
 pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(LEDGER_RETENTION_DEFAULT);
+
+/// SQS keeps a message at most 14 days, so no redelivery can come after that.
+const LEDGER_RETENTION_DEFAULT: i32 = 14 * 24 * 3600;
 
 /// SQS limits (seconds): long polls wait at most 20 s, visibility lasts at most 12 h.
 pub const MAX_WAIT_SECONDS: i32 = 20;
@@ -95,6 +99,16 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.ledger_retention",
+        c"How long message ids stay in sqs_ingest.processed_messages.",
+        c"Ids older than this are pruned by each fetch. Keep it at least the queue's retention period, or a very late redelivery could become a second row.",
+        &LEDGER_RETENTION,
+        3600,
+        365 * 24 * 3600,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
 }
 
 #[derive(Debug)]
@@ -121,6 +135,7 @@ pub struct FetchSettings {
     pub client: ClientConfig,
     pub wait_seconds: i32,
     pub visibility_timeout: Option<i32>,
+    pub ledger_retention_seconds: i32,
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> String {
@@ -158,6 +173,7 @@ pub fn fetch_settings() -> Result<FetchSettings, SettingsError> {
         },
         wait_seconds: FETCH_WAIT.get(),
         visibility_timeout: (visibility >= 0).then_some(visibility),
+        ledger_retention_seconds: LEDGER_RETENTION.get(),
     })
 }
 

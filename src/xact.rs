@@ -38,8 +38,12 @@ pub fn delete_after_commit(client: &ClientConfig, queue_url: &str, handles: Vec<
     }
     // SAFETY: called inside a transaction, as every SQL function is.
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    PENDING.with_borrow_mut(|p| {
-        p.push(Pending { subxact, client: client.clone(), queue_url: queue_url.to_owned(), handles })
+    PENDING.with_borrow_mut(|pending| match pending.last_mut() {
+        // One entry per (subtransaction, queue), so that a failure is reported once per commit.
+        Some(last) if last.subxact == subxact && last.client == *client && last.queue_url == queue_url => {
+            last.handles.extend(handles)
+        }
+        _ => pending.push(Pending { subxact, client: client.clone(), queue_url: queue_url.to_owned(), handles }),
     });
 }
 

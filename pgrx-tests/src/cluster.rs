@@ -105,6 +105,20 @@ impl Cluster {
         Client::connect(&self.url(db), NoTls).unwrap_or_else(|e| panic!("connect to {db}: {e}"))
     }
 
+    /// A connection whose NOTICE and WARNING messages are collected in the returned list.
+    pub fn connect_collecting_notices(&self, db: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let client = self
+            .url(db)
+            .parse::<postgres::Config>()
+            .unwrap()
+            .notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())))
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to {db}: {e}"));
+        (client, notices)
+    }
+
     /// A new database with the extension created in it.
     pub fn database(&self, name: &str) -> Client {
         // CREATE DATABASE copies template1 and fails while another copy is under way.

@@ -19,6 +19,7 @@ pub const AWS_ENV: [(&str, &str); 4] = [
 
 pub struct Emulator {
     pub endpoint: String,
+    pub port: u16,
     process: Mutex<Child>,
     client: Client,
     runtime: Runtime,
@@ -55,7 +56,7 @@ impl Emulator {
             ));
             Client::new(&loader.load().await)
         });
-        Emulator { endpoint, process: Mutex::new(process), client, runtime }
+        Emulator { endpoint, port, process: Mutex::new(process), client, runtime }
     }
 
     /// One emulator for all tests of a test binary, killed when the binary exits.
@@ -73,11 +74,16 @@ impl Emulator {
         let _ = p.wait();
     }
 
-    /// A new, empty standard queue.
+    /// A new, empty standard queue that takes bodies up to SQS's maximum, 1 MiB.
     pub fn queue(&self, name: &str) -> Queue<'_> {
+        let create = self
+            .client
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::MaximumMessageSize, "1048576");
         let url = self
             .runtime
-            .block_on(self.client.create_queue().queue_name(name).send())
+            .block_on(create.send())
             .expect("create_queue")
             .queue_url
             .expect("queue url");
@@ -97,26 +103,36 @@ pub struct Queue<'a> {
 }
 
 impl Queue<'_> {
+    /// Sends `bodies` in SendMessageBatch requests within SQS's limits: ten entries, 1 MiB.
     pub fn send(&self, bodies: &[String]) {
-        let e = self.emulator;
-        for (n, chunk) in bodies.chunks(10).enumerate() {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, body)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(format!("m{}", n * 10 + i))
-                        .message_body(body)
-                        .build()
-                        .unwrap()
-                })
-                .collect();
-            let out = e
-                .runtime
-                .block_on(e.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send())
-                .expect("send_message_batch");
-            assert!(out.failed.is_empty(), "emulator refused messages: {:?}", out.failed);
+        const MAX_BATCH_BYTES: usize = 1 << 20;
+        let mut start = 0;
+        while start < bodies.len() {
+            let mut end = start + 1;
+            let mut bytes = bodies[start].len();
+            while end < bodies.len() && end - start < 10 && bytes + bodies[end].len() <= MAX_BATCH_BYTES {
+                bytes += bodies[end].len();
+                end += 1;
+            }
+            self.send_batch(start, &bodies[start..end]);
+            start = end;
         }
+    }
+
+    fn send_batch(&self, first: usize, bodies: &[String]) {
+        let e = self.emulator;
+        let entries = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                SendMessageBatchRequestEntry::builder().id(format!("m{}", first + i)).message_body(body).build().unwrap()
+            })
+            .collect();
+        let out = e
+            .runtime
+            .block_on(e.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send())
+            .expect("send_message_batch");
+        assert!(out.failed.is_empty(), "emulator refused messages: {:?}", out.failed);
     }
 
     /// (visible, in flight) messages, as SQS approximates them.

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod emulator;
 pub mod hang;
 pub mod logins;
+pub mod proxy;
 
 pub use cluster::Cluster;
 pub use emulator::{Emulator, Queue};

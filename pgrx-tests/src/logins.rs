@@ -52,6 +52,12 @@ impl Generator {
     }
 }
 
+/// `count` valid logins, each with a locale.
+pub fn valid(count: usize, seed: u64) -> Vec<String> {
+    let mut g = Generator::new(seed);
+    (0..count).map(|_| g.login(true)).collect()
+}
+
 /// The take-home's malformed record.
 pub const MALFORMED: &str = r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#;
 

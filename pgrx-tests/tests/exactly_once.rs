@@ -1,0 +1,194 @@
+//! Exactly-once rows from at-least-once delivery: redeliveries, races, dumps and bad bodies.
+use postgres::Client;
+use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::logins::{field, take_home_like, valid, with_field};
+use sqs_ingest_it::proxy::{Deletes, FaultProxy};
+use sqs_ingest_it::{wait_until, Cluster, Emulator};
+use std::process::Command;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn cluster() -> &'static Cluster {
+    Cluster::shared(&AWS_ENV)
+}
+
+fn count(db: &mut Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).unwrap().get(0)
+}
+
+fn fetch(db: &mut Client, max: i32) -> i32 {
+    db.query_one("SELECT fetch_login_queue($1)", &[&max]).unwrap().get(0)
+}
+
+fn set(db: &mut Client, setting: &str, value: &str) {
+    db.batch_execute(&format!("SET sqs_ingest.{setting} = '{value}'")).unwrap();
+}
+
+#[test]
+fn failed_deletes_after_commit_are_redelivered_and_skipped() {
+    redelivered_after(Deletes::Error, "failed_deletes", "could not delete 20 of 20");
+}
+
+#[test]
+fn refused_delete_entries_are_redelivered_and_skipped() {
+    redelivered_after(Deletes::EntriesFailed, "refused_entries", "SQS refused to delete 20 of 20");
+}
+
+/// 20 messages committed while their deletes fail in `mode`: one WARNING saying `warning`,
+/// then the redeliveries make no second row and are deleted.
+fn redelivered_after(mode: Deletes, name: &str, warning: &str) {
+    let emulator = Emulator::shared();
+    let queue = emulator.queue(name);
+    let proxy = FaultProxy::start(emulator.port);
+    cluster().database(name);
+    let (mut db, notices) = cluster().connect_collecting_notices(name);
+    set(&mut db, "queue_url", &proxy.url_for(&queue.url));
+    set(&mut db, "visibility_timeout", "1");
+    queue.send(&valid(20, 47));
+
+    proxy.deletes(mode);
+    assert_eq!(fetch(&mut db, 100), 20, "COMMIT succeeds although no delete does");
+    assert!(proxy.refused() >= 1);
+    let warned: Vec<String> = notices.lock().unwrap().iter().filter(|n| n.starts_with("WARNING")).cloned().collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains(warning), "{warned:?}");
+
+    proxy.deletes(Deletes::Relayed);
+    wait_until("the undeleted messages to come back", WAIT, || queue.counts() == (20, 0));
+    assert_eq!(fetch(&mut db, 100), 0, "redeliveries make no second row");
+    assert!(notices.lock().unwrap().iter().any(|n| n.contains("20 already ingested and skipped")));
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 20);
+    assert_eq!(count(&mut db, "SELECT count(DISTINCT user_id) FROM user_logins"), 20);
+    assert_eq!(queue.counts(), (0, 0), "the redelivered messages are deleted this time");
+}
+
+#[test]
+fn overlapping_visibility_windows_give_one_row_per_message() {
+    let queue = Emulator::shared().queue("race");
+    let mut first = cluster().database("race");
+    let mut second = cluster().connect("race");
+    for db in [&mut first, &mut second] {
+        set(db, "queue_url", &queue.url);
+        set(db, "visibility_timeout", "1");
+    }
+    queue.send(&take_home_like(5, 53));
+
+    first.batch_execute("BEGIN").unwrap();
+    assert_eq!(fetch(&mut first, 10), 5);
+    // The first transaction outlives the visibility timeout: SQS hands the messages out again.
+    wait_until("the visibility timeout to expire", WAIT, || queue.counts() == (5, 0));
+    let second_pid: i32 = second.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let racer = std::thread::spawn(move || fetch(&mut second, 10));
+    let mut watch = cluster().connect("race");
+    wait_until("the second session to wait on the ledger", WAIT, || {
+        count(
+            &mut watch,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {second_pid} AND wait_event_type = 'Lock'"),
+        ) == 1
+    });
+    first.batch_execute("COMMIT").unwrap();
+
+    assert_eq!(racer.join().unwrap(), 0, "the second transaction waits, then skips");
+    assert_eq!(count(&mut first, "SELECT count(*) FROM user_logins"), 5);
+    assert_eq!(queue.counts(), (0, 0));
+}
+
+#[test]
+fn dump_and_restore_keep_the_ledger_and_dead_letters() {
+    let queue = Emulator::shared().queue("dump");
+    let mut db = cluster().database("dump_source");
+    set(&mut db, "queue_url", &queue.url);
+    queue.send(&take_home_like(30, 59));
+    assert_eq!(fetch(&mut db, 100), 29);
+
+    let file = cluster().dir.join("dump_source.pgdump");
+    let bin = "/usr/lib/postgresql/15/bin";
+    let port = cluster().port.to_string();
+    let conn = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+    let dump = Command::new(format!("{bin}/pg_dump")).args(conn).args(["-Fc", "-f"]).arg(&file).arg("dump_source").output().unwrap();
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    cluster().connect("postgres").batch_execute("CREATE DATABASE dump_target").unwrap();
+    let restore = Command::new(format!("{bin}/pg_restore")).args(conn).args(["-d", "dump_target"]).arg(&file).output().unwrap();
+    // CREATE EXTENSION has already made user_logins, so the dump's CREATE TABLE is the one
+    // error; its rows go into the table all the same.
+    let errors = String::from_utf8_lossy(&restore.stderr);
+    let unexpected: Vec<&str> = errors
+        .lines()
+        .filter(|l| l.contains("error:") && !l.contains("relation \"user_logins\" already exists") && !l.contains("errors ignored on restore: 1"))
+        .collect();
+    assert!(unexpected.is_empty(), "{errors}");
+
+    let mut restored = cluster().connect("dump_target");
+    for table in ["user_logins", "sqs_ingest.processed_messages", "sqs_ingest.dead_letters"] {
+        let sql = format!("SELECT count(*) FROM {table}");
+        assert_eq!(count(&mut restored, &sql), count(&mut db, &sql), "{table}");
+    }
+    assert_eq!(count(&mut restored, "SELECT count(*) FROM user_logins"), 29);
+    // The dead-letter ids go on from where they were.
+    let next: i64 = restored.query_one("SELECT nextval('sqs_ingest.dead_letters_id_seq')", &[]).unwrap().get(0);
+    assert!(next > count(&mut restored, "SELECT max(id) FROM sqs_ingest.dead_letters"));
+}
+
+#[test]
+fn each_kind_of_bad_body_is_one_dead_letter_with_its_reason() {
+    let queue = Emulator::shared().queue("bad_bodies");
+    let mut db = cluster().database("bad_bodies");
+    set(&mut db, "queue_url", &queue.url);
+    let good = valid(1, 61).remove(0);
+    let ip = field(&good, "ip").to_owned();
+    let cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "body is not valid JSON"),
+        ("[1, 2]".into(), "valid JSON but an array"),
+        ("\"text\"".into(), "valid JSON but a string"),
+        (good.replace("\"user_id\"", "\"uid\""), "field \"user_id\" is missing"),
+        (good.replace(&format!("\"{ip}\""), "null"), "field \"ip\" is null"),
+        (good.replace(&format!("\"{ip}\""), "16909060"), "field \"ip\" is a number, not a string"),
+        (with_field(&good, "device_type", &"x".repeat(33)), "field \"device_type\" has 33 characters"),
+        (with_field(&good, "locale", "R\\u0000U"), "field \"locale\" contains a NUL character"),
+        (good.replacen('{', &format!("{{\"ip\": \"{ip}\", "), 1), "duplicate field"),
+        (format!("\u{FEFF}{good}"), "body is not valid JSON"),
+        (with_field(&good, "user_id", &"u".repeat(1_048_000)), "field \"user_id\" has 1048000 characters"),
+    ];
+    let mut bodies: Vec<String> = cases.iter().map(|(b, _)| b.clone()).collect();
+    // Unknown fields, even a near-1 MiB one, are ignored: this one is a row.
+    bodies.push(good.replacen('{', &format!("{{\"padding\": \"{}\", ", "p".repeat(1_048_000)), 1));
+    queue.send(&bodies);
+
+    assert_eq!(fetch(&mut db, 100), 1);
+    let reasons: Vec<String> =
+        db.query("SELECT reason FROM sqs_ingest.dead_letters", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(reasons.len(), cases.len(), "{reasons:?}");
+    for (_, expected) in &cases {
+        assert_eq!(reasons.iter().filter(|r| r.contains(expected)).count() >= 1, true, "{expected}: {reasons:?}");
+    }
+    let leaked = count(&mut db, &format!("SELECT count(*) FROM sqs_ingest.dead_letters WHERE body LIKE '%{ip}%' AND body LIKE '{{%'"));
+    assert_eq!(leaked, 0, "ip is masked in every dead letter whose body is an object");
+    let complete = count(
+        &mut db,
+        "SELECT count(*) FROM sqs_ingest.dead_letters WHERE message_id <> '' AND sent_at IS NOT NULL \
+         AND receive_count = 1 AND received_at IS NOT NULL",
+    );
+    assert_eq!(complete, cases.len() as i64);
+    assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.processed_messages"), bodies.len() as i64);
+}
+
+#[test]
+fn old_ledger_entries_are_pruned_by_the_next_fetch() {
+    let queue = Emulator::shared().queue("prune");
+    let mut db = cluster().database("prune");
+    set(&mut db, "queue_url", &queue.url);
+    db.batch_execute(
+        "INSERT INTO sqs_ingest.processed_messages VALUES
+             ('expired', now() - interval '15 days'), ('kept', now() - interval '13 days')",
+    )
+    .unwrap();
+    assert_eq!(fetch(&mut db, 10), 0, "an empty queue still prunes");
+    let left: Vec<String> = db
+        .query("SELECT message_id FROM sqs_ingest.processed_messages", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, vec!["kept".to_owned()]);
+}
