@@ -54,6 +54,10 @@ impl From<IngestError> for ErrorReport {
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 "Pass a number of messages from 1 to 10000, e.g. SELECT fetch_login_queue(100);".to_owned(),
             ),
+            IngestError::NoExtension => (
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "Run CREATE EXTENSION sqs_ingest in the database sqs_ingest.database names.".to_owned(),
+            ),
             IngestError::NoTable(ref table) => (
                 PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
                 format!("Create {table} again (see the README for its columns), or recreate the extension."),

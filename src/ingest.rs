@@ -1,7 +1,7 @@
 //! fetch_login_queue: receives messages, validates and masks them, and stores rows, ledger
 //! entries and dead letters in the caller's transaction; deletion waits for COMMIT (xact.rs).
 use crate::errors::raise;
-use crate::settings;
+use crate::settings::{self, FetchSettings};
 use crate::sqs_client::{self, Received};
 use crate::xact;
 use pgrx::datum::DatumWithOid;
@@ -19,6 +19,7 @@ const RECEIVE_BATCH: i32 = 10;
 #[derive(Debug)]
 pub enum IngestError {
     BadMax(Option<i32>),
+    NoExtension,
     NoTable(String),
     NoColumn { table: String, column: &'static str },
     ColumnType { column: &'static str, found: String, expected: &'static str },
@@ -30,6 +31,7 @@ impl fmt::Display for IngestError {
         match self {
             IngestError::BadMax(Some(max)) => write!(f, "max must be between 1 and {MAX_FETCH}, not {max}"),
             IngestError::BadMax(None) => write!(f, "max must be between 1 and {MAX_FETCH}, not NULL"),
+            IngestError::NoExtension => write!(f, "extension sqs_ingest is not created in this database"),
             IngestError::NoTable(table) => write!(f, "table {table} does not exist"),
             IngestError::NoColumn { table, column } => {
                 write!(f, "table {table} has no column \"{column}\"")
@@ -66,16 +68,16 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
             ),
             || {
                 check_for_interrupts!();
+                true
             },
         )
+        .expect("only an ERROR stops a backend's request")
         .unwrap_or_else(|e| raise(e));
         if received.is_empty() {
             break;
         }
         remaining -= received.len() as i32;
-        total += target.store(&received, &masker);
-        let handles = received.into_iter().map(|m| m.receipt_handle).collect();
-        xact::delete_after_commit(&settings.client, &settings.queue_url, handles);
+        total += ingest(&target, &settings, received, &masker);
     }
     if total.dead_letters > 0 || total.duplicates > 0 {
         notice!(
@@ -86,13 +88,22 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
     total.rows
 }
 
+/// Stores one received batch in the current transaction and schedules its deletion from SQS
+/// for after COMMIT: the one path of fetch_login_queue and the workers alike.
+pub fn ingest(target: &Target, settings: &FetchSettings, received: Vec<Received>, masker: &Masker) -> Stored {
+    let stored = target.store(&received, masker);
+    let handles = received.into_iter().map(|m| m.receipt_handle).collect();
+    xact::delete_after_commit(&settings.client, &settings.queue_url, handles);
+    stored
+}
+
 /// Most expired ledger entries one call removes, so a backlog is worked off over several
 /// calls instead of making one call slow.
 const PRUNE_LIMIT: i64 = 10_000;
 
 /// Removes ledger entries older than the retention, in the caller's transaction. Rows another
 /// transaction is already deleting are skipped rather than waited for.
-fn prune_ledger(retention_seconds: i32) {
+pub fn prune_ledger(retention_seconds: i32) {
     let sql = "DELETE FROM sqs_ingest.processed_messages WHERE message_id IN (
                    SELECT message_id FROM sqs_ingest.processed_messages
                    WHERE ingested_at < now() - make_interval(secs => $1)
@@ -138,7 +149,7 @@ impl Target {
         )
         .ok()
         .flatten()
-        .unwrap_or_else(|| "user_logins".to_owned());
+        .ok_or(IngestError::NoExtension)?;
         let found: Vec<(String, String, Option<i32>)> = Spi::connect(|client| {
             client
                 .select(

@@ -6,6 +6,8 @@ mod ingest;
 mod masking;
 mod settings;
 mod sqs_client;
+mod status;
+mod worker;
 mod xact;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -14,9 +16,14 @@ extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    // Only settings here: _PG_init runs in the postmaster before fork, so no runtime, thread
-    // or client may be created yet.
+    // Only settings and registrations here: _PG_init runs in the postmaster before fork, so
+    // no runtime, thread or client may be created yet.
     settings::register();
+    // SAFETY: reads a flag Postgres sets while loading shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        status::allocate();
+        worker::register();
+    }
 }
 
 /// Required by `cargo pgrx test`.

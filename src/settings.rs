@@ -18,6 +18,13 @@ pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
 pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(LEDGER_RETENTION_DEFAULT);
 
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static WORKER_WAIT: GucSetting<i32> = GucSetting::<i32>::new(MAX_WAIT_SECONDS);
+pub static WORKER_RESTART_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static WORKER_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(60);
+
 /// SQS keeps a message at most 14 days, so no redelivery can come after that.
 const LEDGER_RETENTION_DEFAULT: i32 = 14 * 24 * 3600;
 
@@ -109,6 +116,72 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_string_guc(
+        c"sqs_ingest.database",
+        c"Database the background workers ingest into.",
+        c"",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.workers",
+        c"Number of background workers (needs sqs_ingest in shared_preload_libraries).",
+        c"",
+        &WORKERS,
+        0,
+        crate::status::MAX_WORKERS as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"sqs_ingest.worker_enabled",
+        c"Whether the background workers poll the queue.",
+        c"",
+        &WORKER_ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.worker_wait",
+        c"Long-poll wait of the background workers' ReceiveMessage.",
+        c"",
+        &WORKER_WAIT,
+        1,
+        MAX_WAIT_SECONDS,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.worker_restart_interval",
+        c"How soon the postmaster restarts a worker that died or was terminated.",
+        c"",
+        &WORKER_RESTART_INTERVAL,
+        1,
+        3600,
+        GucContext::Postmaster,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.worker_max_backoff",
+        c"Longest pause of a worker between attempts after errors (the pause doubles from 1 s).",
+        c"",
+        &WORKER_MAX_BACKOFF,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// How many workers were configured at server start.
+pub fn worker_count() -> usize {
+    WORKERS.get() as usize
+}
+
+/// The database the workers connect to.
+pub fn worker_database() -> String {
+    text(&DATABASE)
 }
 
 #[derive(Debug)]

@@ -99,9 +99,9 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Drives `fut` to completion, calling `between` every [`SLICE`] while it waits. `between`
-/// is where the caller checks for interrupts; it leaves by unwinding (ereport), which drops
-/// the future and with it the request.
-pub fn run<F: Future>(fut: F, mut between: impl FnMut()) -> F::Output {
+/// is where the caller checks for interrupts: it leaves by unwinding (ereport) or by returning
+/// false; either drops the future and with it the request. `None`: stopped by `between`.
+pub fn run<F: Future>(fut: F, mut between: impl FnMut() -> bool) -> Option<F::Output> {
     let rt = runtime();
     let mut fut = std::pin::pin!(fut);
     loop {
@@ -109,8 +109,9 @@ pub fn run<F: Future>(fut: F, mut between: impl FnMut()) -> F::Output {
             rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await })
         });
         match slice {
-            Ok(out) => return out,
-            Err(_) => between(),
+            Ok(out) => return Some(out),
+            Err(_) if between() => {}
+            Err(_) => return None,
         }
     }
 }

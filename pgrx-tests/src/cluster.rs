@@ -149,6 +149,11 @@ impl Cluster {
         wait_until("the server to accept connections", Duration::from_secs(30), || self.is_up());
     }
 
+    /// How many lines of the server log contain `text`.
+    pub fn log_lines(&self, text: &str) -> usize {
+        self.log_text().lines().filter(|l| l.contains(text)).count()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
@@ -168,7 +173,7 @@ impl Cluster {
         SHARED.get_or_init(|| {
             // SAFETY: registers a plain function; statics are never dropped, so only this stops it.
             unsafe { libc::atexit(stop_shared) };
-            Cluster::start("shared", &[], env)
+            Cluster::start("shared", &["sqs_ingest.worker_enabled = off".to_owned()], env)
         })
     }
 }

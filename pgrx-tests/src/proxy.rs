@@ -1,9 +1,9 @@
 //! A hand-written fault injector in front of the emulator, for faults no emulator stages on
-//! demand: DeleteMessageBatch answered with a 500 InternalError, or with every entry failed;
-//! everything else is relayed unchanged. One request per connection (moto closes each too).
+//! demand: an endpoint that is down (every connection closed at once), DeleteMessageBatch
+//! answered with a 500 InternalError or with every entry failed; the rest is relayed unchanged. One request per connection (moto closes each too).
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// What happens to DeleteMessageBatch requests.
@@ -22,6 +22,7 @@ pub struct FaultProxy {
     pub port: u16,
     deletes: Arc<AtomicU8>,
     refused: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
 }
 
 const INJECTED: &str = r#"{"__type":"com.amazonaws.sqs#InternalError","message":"injected by the test proxy"}"#;
@@ -30,10 +31,13 @@ impl FaultProxy {
     pub fn start(upstream: u16) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
-        let proxy = FaultProxy { port, deletes: Arc::default(), refused: Arc::default() };
-        let (fail, refused) = (proxy.deletes.clone(), proxy.refused.clone());
+        let proxy = FaultProxy { port, deletes: Arc::default(), refused: Arc::default(), down: Arc::default() };
+        let (fail, refused, down) = (proxy.deletes.clone(), proxy.refused.clone(), proxy.down.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
+                if down.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed before any answer
+                }
                 let (fail, refused) = (fail.clone(), refused.clone());
                 std::thread::spawn(move || {
                     let _ = relay(client, upstream, &fail, &refused);
@@ -41,6 +45,11 @@ impl FaultProxy {
             }
         });
         proxy
+    }
+
+    /// While down, every connection is closed as soon as it is accepted.
+    pub fn down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     pub fn deletes(&self, mode: Deletes) {

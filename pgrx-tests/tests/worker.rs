@@ -1,0 +1,217 @@
+//! The background worker: continuous ingestion, reload, restart, shutdown, idling, recovery.
+use postgres::Client;
+use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::logins::valid;
+use sqs_ingest_it::proxy::FaultProxy;
+use sqs_ingest_it::{wait_until, Cluster, Emulator};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A cluster of its own whose workers ingest from `queue_url` into the database `postgres`.
+fn cluster(name: &str, queue_url: &str, extra: &[&str]) -> Cluster {
+    let mut settings = vec![
+        format!("sqs_ingest.queue_url = '{queue_url}'"),
+        "sqs_ingest.worker_wait = 2".to_owned(),
+        "sqs_ingest.worker_max_backoff = 1".to_owned(),
+        "sqs_ingest.worker_restart_interval = 1".to_owned(),
+        "sqs_ingest.visibility_timeout = 2".to_owned(),
+    ];
+    settings.extend(extra.iter().map(|s| s.to_string()));
+    Cluster::start(name, &settings, &AWS_ENV)
+}
+
+fn count(db: &mut Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).unwrap().get(0)
+}
+
+fn rows(db: &mut Client) -> i64 {
+    count(db, "SELECT count(*) FROM user_logins")
+}
+
+fn wait_for_rows(db: &mut Client, n: i64) {
+    wait_until(&format!("{n} rows in user_logins"), WAIT, || rows(db) == n);
+}
+
+fn worker_pids(db: &mut Client) -> Vec<i32> {
+    db.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'sqs_ingest worker' ORDER BY pid", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn reload(db: &mut Client, setting: &str, value: &str) {
+    db.batch_execute(&format!("ALTER SYSTEM SET sqs_ingest.{setting} = '{value}'")).unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+#[test]
+fn worker_drains_a_queue_of_300_and_reports_its_status() {
+    let queue = Emulator::shared().queue("worker_drain");
+    let c = cluster("worker_drain", &queue.url, &[]);
+    let mut db = c.connect("postgres");
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    queue.send(&valid(300, 71));
+
+    wait_for_rows(&mut db, 300);
+    assert_eq!(count(&mut db, "SELECT count(DISTINCT user_id) FROM user_logins"), 300);
+    wait_until("the deletes", WAIT, || queue.counts() == (0, 0));
+    let status = db
+        .query_one("SELECT pid, state, ingested, last_poll IS NOT NULL, last_error FROM sqs_ingest.worker_status", &[])
+        .unwrap();
+    assert_eq!(status.get::<_, i64>(2), 300);
+    assert!(status.get::<_, bool>(3));
+    assert_eq!(status.get::<_, Option<String>>(4), None);
+    assert_eq!(worker_pids(&mut db), vec![status.get::<_, i32>(0)], "one worker, shown in pg_stat_activity");
+}
+
+#[test]
+fn reload_switches_the_queue_and_worker_enabled_off_stops_polling() {
+    let emulator = Emulator::shared();
+    let (first, second) = (emulator.queue("reload_a"), emulator.queue("reload_b"));
+    let c = cluster("reload", &first.url, &[]);
+    let mut db = c.connect("postgres");
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    first.send(&valid(5, 73));
+    wait_for_rows(&mut db, 5);
+
+    reload(&mut db, "queue_url", &second.url);
+    second.send(&valid(5, 79));
+    wait_for_rows(&mut db, 10);
+
+    reload(&mut db, "worker_enabled", "off");
+    wait_until("the worker to say it is disabled", WAIT, || {
+        count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'disabled'") == 1
+    });
+    second.send(&valid(3, 83));
+    // A bounded look at something that must not happen: three seconds of no polling.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(second.counts(), (3, 0), "a disabled worker receives nothing");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    reload(&mut db, "worker_enabled", "on");
+    wait_for_rows(&mut db, 13);
+}
+
+#[test]
+fn terminated_worker_is_restarted_and_fast_shutdown_is_quick() {
+    let queue = Emulator::shared().queue("restart");
+    let c = cluster("restart", &queue.url, &["sqs_ingest.worker_wait = 20"]);
+    let mut db = c.connect("postgres");
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    wait_until("the worker to long-poll", WAIT, || {
+        count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'polling'") == 1
+    });
+    let old = worker_pids(&mut db);
+    let asked = Instant::now();
+    db.query_one("SELECT pg_terminate_backend($1)", &[&old[0]]).unwrap();
+    wait_until("the worker to exit", WAIT, || !worker_pids(&mut db).contains(&old[0]));
+    eprintln!("worker gone {} ms after pg_terminate_backend, mid long poll", asked.elapsed().as_millis());
+    wait_until("the worker to be restarted", WAIT, || worker_pids(&mut db).len() == 1);
+    queue.send(&valid(4, 89));
+    wait_for_rows(&mut db, 4);
+
+    wait_until("the new worker to long-poll", WAIT, || {
+        count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'polling'") == 1
+    });
+    drop(db);
+    let started = Instant::now();
+    c.stop();
+    let took = started.elapsed();
+    eprintln!("pg_ctl stop -m fast during a 20 s long poll: {} ms", took.as_millis());
+    assert!(took < Duration::from_millis(500), "fast shutdown took {took:?}");
+}
+
+#[test]
+fn worker_idles_quietly_without_the_extension_then_starts() {
+    let queue = Emulator::shared().queue("no_extension");
+    let c = cluster("no_extension", &queue.url, &[]);
+    queue.send(&valid(5, 97));
+    wait_until("the worker to notice the missing extension", WAIT, || c.log_lines("is not created") == 1);
+    let mut db = c.connect("postgres");
+    // Several backoff rounds (1 s cap) pass; the log says it once and nothing is received.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(queue.counts(), (5, 0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.log_lines("is not created"), 1, "no log flood");
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    wait_for_rows(&mut db, 5);
+    assert_eq!(c.log_lines("ingesting again"), 1);
+}
+
+#[test]
+fn endpoint_down_then_back_loses_nothing() {
+    let emulator = Emulator::shared();
+    let queue = emulator.queue("endpoint_down");
+    let proxy = FaultProxy::start(emulator.port);
+    proxy.down(true);
+    let c = cluster("endpoint_down", &proxy.url_for(&queue.url), &[]);
+    let mut db = c.connect("postgres");
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    queue.send(&valid(10, 101));
+    wait_until("the worker to back off", WAIT, || {
+        count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'backing off' AND last_error LIKE 'could not reach%'") == 1
+    });
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.log_lines("could not reach"), 1, "the outage is logged once");
+
+    proxy.down(false);
+    wait_for_rows(&mut db, 10);
+    assert_eq!(c.log_lines("ingesting again"), 1, "the recovery is logged once");
+    wait_until("the deletes", WAIT, || queue.counts() == (0, 0));
+}
+
+#[test]
+fn two_workers_and_a_caller_give_one_row_per_message() {
+    let queue = Emulator::shared().queue("three_consumers");
+    let c = cluster("three_consumers", &queue.url, &["sqs_ingest.workers = 2"]);
+    let mut db = c.connect("postgres");
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    assert_eq!(worker_pids(&mut db).len(), 2);
+    queue.send(&valid(300, 103));
+    let mut caller = c.connect("postgres");
+    let mut by_caller = 0;
+    wait_until("300 rows", WAIT, || {
+        by_caller += caller.query_one("SELECT fetch_login_queue(10)", &[]).unwrap().get::<_, i32>(0);
+        rows(&mut db) >= 300
+    });
+    wait_until("the deletes", WAIT, || queue.counts() == (0, 0));
+    assert_eq!(rows(&mut db), 300);
+    assert_eq!(count(&mut db, "SELECT count(DISTINCT user_id) FROM user_logins"), 300);
+    let by_workers = count(&mut db, "SELECT sum(ingested)::bigint FROM sqs_ingest.worker_status");
+    eprintln!("rows by the caller: {by_caller}, by the workers: {by_workers}");
+    assert_eq!(by_caller as i64 + by_workers, 300);
+}
+
+#[test]
+fn pg_cron_schedule_ingests() {
+    let queue = Emulator::shared().queue("pg_cron");
+    let c = cluster(
+        "pg_cron",
+        &queue.url,
+        &[
+            "shared_preload_libraries = 'sqs_ingest,pg_cron'",
+            "cron.database_name = 'postgres'",
+            "cron.host = '127.0.0.1'",
+            "sqs_ingest.worker_enabled = off",
+        ],
+    );
+    let mut db = c.connect("postgres");
+    db.batch_execute("CREATE EXTENSION sqs_ingest; CREATE EXTENSION pg_cron").unwrap();
+    db.batch_execute("SELECT cron.schedule('login-ingest', '* * * * *', 'SELECT fetch_login_queue(100)')").unwrap();
+    queue.send(&valid(10, 107));
+    // pg_cron 1.4 runs minute schedules: the first run comes within a minute.
+    wait_until("the scheduled run", Duration::from_secs(90), || rows(&mut db) == 10);
+    let status: String = db
+        .query_one("SELECT status FROM cron.job_run_details ORDER BY runid DESC LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "succeeded");
+}

@@ -1,0 +1,172 @@
+//! Shared-memory status of the background workers, shown by the view sqs_ingest.worker_status.
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, FromDatum, PGRXSharedMemory, PgLwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Upper bound of `sqs_ingest.workers`: status slots are sized once, at server start.
+pub const MAX_WORKERS: usize = 16;
+const ERROR_LEN: usize = 240;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum State {
+    Starting,
+    Idle,
+    Polling,
+    Ingesting,
+    BackingOff,
+    Disabled,
+    Stopped,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Idle => "idle",
+            State::Polling => "polling",
+            State::Ingesting => "ingesting",
+            State::BackingOff => "backing off",
+            State::Disabled => "disabled",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Slot {
+    pub pid: i32,
+    pub state: State,
+    pub last_poll: Option<pg_sys::TimestampTz>,
+    pub last_success: Option<pg_sys::TimestampTz>,
+    pub ingested: i64,
+    pub dead_letters: i64,
+    pub duplicates: i64,
+    error_len: usize,
+    error: [u8; ERROR_LEN],
+}
+
+impl Slot {
+    pub const EMPTY: Slot = Slot {
+        pid: 0,
+        state: State::Stopped,
+        last_poll: None,
+        last_success: None,
+        ingested: 0,
+        dead_letters: 0,
+        duplicates: 0,
+        error_len: 0,
+        error: [0; ERROR_LEN],
+    };
+
+    /// Keeps the first ERROR_LEN bytes of `error`, cut at a character boundary.
+    pub fn set_error(&mut self, error: Option<&str>) {
+        let error = error.unwrap_or_default();
+        let mut len = error.len().min(ERROR_LEN);
+        while !error.is_char_boundary(len) {
+            len -= 1;
+        }
+        self.error[..len].copy_from_slice(&error.as_bytes()[..len]);
+        self.error_len = len;
+    }
+
+    fn error(&self) -> Option<String> {
+        (self.error_len > 0).then(|| String::from_utf8_lossy(&self.error[..self.error_len]).into_owned())
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Slots([Slot; MAX_WORKERS]);
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots([Slot::EMPTY; MAX_WORKERS])
+    }
+}
+
+// SAFETY: plain Copy data with no pointers.
+unsafe impl PGRXSharedMemory for Slots {}
+
+// SAFETY: the only lock of this name.
+static SLOTS: PgLwLock<Slots> = unsafe { PgLwLock::new(c"sqs_ingest_worker_status") };
+/// Set in the postmaster while preloading, and so inherited by every process it forks.
+static ALLOCATED: AtomicBool = AtomicBool::new(false);
+
+/// Asks for the shared memory; only possible while shared_preload_libraries load.
+pub fn allocate() {
+    pg_shmem_init!(SLOTS);
+    ALLOCATED.store(true, Ordering::Relaxed);
+}
+
+/// Changes worker `index`'s slot.
+pub fn update(index: usize, change: impl FnOnce(&mut Slot)) {
+    change(&mut SLOTS.exclusive().0[index]);
+}
+
+pub fn now() -> pg_sys::TimestampTz {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+fn timestamp(ts: Option<pg_sys::TimestampTz>) -> Option<TimestampWithTimeZone> {
+    // SAFETY: a TimestampTz is a timestamptz Datum by value.
+    ts.and_then(|t| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) })
+}
+
+
+/// In the schema sqs_ingest, beside the view over it.
+#[pg_schema]
+mod sqs_ingest {
+    use super::{timestamp, ALLOCATED, SLOTS};
+    use pgrx::datum::TimestampWithTimeZone;
+    use pgrx::prelude::*;
+    use std::sync::atomic::Ordering;
+
+    /// One row per configured worker; none when sqs_ingest is not preloaded.
+    #[pg_extern(volatile)]
+    fn worker_status_rows() -> TableIterator<
+        'static,
+        (
+            name!(worker, i32),
+            name!(pid, Option<i32>),
+            name!(state, String),
+            name!(last_poll, Option<TimestampWithTimeZone>),
+            name!(last_success, Option<TimestampWithTimeZone>),
+            name!(ingested, i64),
+            name!(dead_lettered, i64),
+            name!(duplicates_skipped, i64),
+            name!(last_error, Option<String>),
+        ),
+    > {
+        let rows: Vec<_> = if ALLOCATED.load(Ordering::Relaxed) {
+            let slots = SLOTS.share().0;
+            slots[..crate::settings::worker_count()]
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    (
+                        i as i32,
+                        (s.pid != 0).then_some(s.pid),
+                        s.state.name().to_owned(),
+                        timestamp(s.last_poll),
+                        timestamp(s.last_success),
+                        s.ingested,
+                        s.dead_letters,
+                        s.duplicates,
+                        s.error(),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        TableIterator::new(rows)
+    }
+}
+
+extension_sql!(
+    "CREATE VIEW sqs_ingest.worker_status AS SELECT * FROM sqs_ingest.worker_status_rows();",
+    name = "worker_status_view",
+    requires = [sqs_ingest::worker_status_rows]
+);
