@@ -60,6 +60,17 @@ impl fmt::Display for SqsError {
     }
 }
 
+impl SqsError {
+    /// Which problem this is, without the details that vary between attempts.
+    pub fn what(&self) -> String {
+        match self {
+            SqsError::Credentials { .. } => "no AWS credentials".to_owned(),
+            SqsError::Unreachable { target, .. } => format!("could not reach {target}"),
+            SqsError::Service { target, code, .. } => format!("{target} answered {code}"),
+        }
+    }
+}
+
 /// One received message, with only what ingestion uses.
 #[derive(Debug, Clone)]
 pub struct Received {

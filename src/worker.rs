@@ -37,9 +37,28 @@ enum Round {
     /// A poll that came back empty, or a batch stored and committed.
     Done,
     /// Nothing to do until something changes (the extension is not created yet).
-    Waiting(String),
-    Failed(String),
+    Waiting(Problem),
+    Failed(Problem),
     Stop,
+}
+
+/// A problem as logged: `what` says which problem it is, so that it is logged once however
+/// its details vary from one attempt to the next (connection refused, then reset, ...).
+struct Problem {
+    what: String,
+    text: String,
+}
+
+impl Problem {
+    fn new(text: String) -> Problem {
+        Problem { what: text.clone(), text }
+    }
+}
+
+impl From<sqs_client::SqsError> for Problem {
+    fn from(e: sqs_client::SqsError) -> Problem {
+        Problem { what: e.what(), text: e.to_string() }
+    }
 }
 
 #[pg_guard]
@@ -76,16 +95,16 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
                 }
                 pause = Duration::ZERO;
             }
-            Round::Waiting(why) | Round::Failed(why) => {
+            Round::Waiting(problem) | Round::Failed(problem) => {
                 // Each distinct problem is logged once, however long it lasts.
-                if trouble.as_deref() != Some(why.as_str()) {
-                    log!("sqs_ingest worker {index}: {why}; retrying with backoff");
+                if trouble.as_deref() != Some(problem.what.as_str()) {
+                    log!("sqs_ingest worker {index}: {}; retrying with backoff", problem.text);
                 }
                 status::update(index, |s| {
                     s.state = State::BackingOff;
-                    s.set_error(Some(&why));
+                    s.set_error(Some(&problem.text));
                 });
-                trouble = Some(why);
+                trouble = Some(problem.what);
                 let cap = Duration::from_secs(WORKER_MAX_BACKOFF.get() as u64);
                 pause = (pause * 2).clamp(Duration::from_secs(1), cap);
                 wait(pause);
@@ -105,14 +124,14 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
 fn round(index: usize) -> Round {
     let settings = match settings::fetch_settings() {
         Ok(s) => s,
-        Err(e) => return Round::Failed(e.to_string()),
+        Err(e) => return Round::Failed(Problem::new(e.to_string())),
     };
     // The table is checked before receiving, so nothing is received that cannot be stored.
     let target = match in_transaction(Target::resolve) {
         Ok(Ok(target)) => target,
-        Ok(Err(e @ IngestError::NoExtension)) => return Round::Waiting(e.to_string()),
-        Ok(Err(e)) => return Round::Failed(e.to_string()),
-        Err(e) => return Round::Failed(e),
+        Ok(Err(e @ IngestError::NoExtension)) => return Round::Waiting(Problem::new(e.to_string())),
+        Ok(Err(e)) => return Round::Failed(Problem::new(e.to_string())),
+        Err(e) => return Round::Failed(Problem::new(e)),
     };
     status::update(index, |s| {
         s.state = State::Polling;
@@ -126,10 +145,8 @@ fn round(index: usize) -> Round {
         settings.visibility_timeout,
     );
     let received = match sqs_client::run(receive, keep_waiting) {
-        None if shutdown_requested() => return Round::Stop,
-        // A reload cut the long poll short: go round again with the new settings.
-        None => return Round::Done,
-        Some(Err(e)) => return Round::Failed(e.to_string()),
+        None => return Round::Stop,
+        Some(Err(e)) => return Round::Failed(Problem::from(e)),
         Some(Ok(received)) => received,
     };
     if received.is_empty() {
@@ -158,7 +175,7 @@ fn round(index: usize) -> Round {
             });
             Round::Done
         }
-        Err(e) => Round::Failed(e),
+        Err(e) => Round::Failed(Problem::new(e)),
     }
 }
 
@@ -208,11 +225,12 @@ fn reload_if_asked() {
     }
 }
 
-/// Between slices of a long poll: go on unless a shutdown or a reload is asked for.
+/// Between slices of a long poll: go on unless a shutdown is asked for. A reload waits for
+/// the poll to end: a poll abandoned on the client side may still take messages on the
+/// server's, which would then come back only after their visibility timeout.
 fn keep_waiting() -> bool {
     wait(Duration::ZERO);
-    // SAFETY: reads a sig_atomic_t flag.
-    !shutdown_requested() && unsafe { pg_sys::ConfigReloadPending == 0 }
+    !shutdown_requested()
 }
 
 /// Sleeps up to `timeout` on the latch, which SIGTERM and SIGHUP set; exits at once if the
