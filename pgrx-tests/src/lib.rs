@@ -12,6 +12,16 @@ pub use emulator::{Emulator, Queue};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+/// The single bigint a query returns, e.g. a count.
+pub fn count(db: &mut postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// `SELECT fetch_login_queue(max)`: the rows it inserted.
+pub fn fetch(db: &mut postgres::Client, max: i32) -> i32 {
+    db.query_one("SELECT fetch_login_queue($1)", &[&max]).unwrap().get(0)
+}
+
 /// A port that was free a moment ago on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()

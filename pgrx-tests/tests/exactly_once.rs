@@ -3,7 +3,7 @@ use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, take_home_like, valid, with_field};
 use sqs_ingest_it::proxy::{Deletes, FaultProxy};
-use sqs_ingest_it::{wait_until, Cluster, Emulator};
+use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator};
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,14 +11,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn cluster() -> &'static Cluster {
     Cluster::shared(&AWS_ENV)
-}
-
-fn count(db: &mut Client, sql: &str) -> i64 {
-    db.query_one(sql, &[]).unwrap().get(0)
-}
-
-fn fetch(db: &mut Client, max: i32) -> i32 {
-    db.query_one("SELECT fetch_login_queue($1)", &[&max]).unwrap().get(0)
 }
 
 fn set(db: &mut Client, setting: &str, value: &str) {

@@ -3,7 +3,7 @@ use postgres::error::SqlState;
 use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, take_home_like, with_field};
-use sqs_ingest_it::{wait_until, Cluster, Emulator, Queue};
+use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator, Queue};
 use std::time::Duration;
 
 fn cluster() -> &'static Cluster {
@@ -20,14 +20,6 @@ fn setup(name: &str) -> (Client, Queue<'static>) {
 
 fn point_at(db: &mut Client, queue_url: &str) {
     db.batch_execute(&format!("SET sqs_ingest.queue_url = '{queue_url}'")).unwrap();
-}
-
-fn count(db: &mut Client, sql: &str) -> i64 {
-    db.query_one(sql, &[]).unwrap().get(0)
-}
-
-fn fetch(db: &mut Client, max: i32) -> i32 {
-    db.query_one("SELECT fetch_login_queue($1)", &[&max]).unwrap().get(0)
 }
 
 #[test]

@@ -3,7 +3,7 @@ use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::proxy::FaultProxy;
-use sqs_ingest_it::{wait_until, Cluster, Emulator};
+use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,10 +19,6 @@ fn cluster(name: &str, queue_url: &str, extra: &[&str]) -> Cluster {
     ];
     settings.extend(extra.iter().map(|s| s.to_string()));
     Cluster::start(name, &settings, &AWS_ENV)
-}
-
-fn count(db: &mut Client, sql: &str) -> i64 {
-    db.query_one(sql, &[]).unwrap().get(0)
 }
 
 fn rows(db: &mut Client) -> i64 {
@@ -180,7 +176,7 @@ fn two_workers_and_a_caller_give_one_row_per_message() {
     let mut caller = c.connect("postgres");
     let mut by_caller = 0;
     wait_until("300 rows", WAIT, || {
-        by_caller += caller.query_one("SELECT fetch_login_queue(10)", &[]).unwrap().get::<_, i32>(0);
+        by_caller += fetch(&mut caller, 10);
         rows(&mut db) >= 300
     });
     wait_until("the deletes", WAIT, || queue.counts() == (0, 0));
