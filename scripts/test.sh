@@ -19,5 +19,12 @@ rm -rf "$pgdata"
 echo "==> install the extension (cargo pgrx install --release)"
 cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 
+echo "==> the Docker files: cargo pgrx package as the image builds it, hadolint, docker/check.py"
+package=$(mktemp -d)
+cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$package" >/dev/null
+"$SQS_INGEST_VENV/bin/hadolint" --failure-threshold error Dockerfile.postgres
+"$SQS_INGEST_VENV/bin/python" docker/check.py "$package"
+rm -rf "$package"
+
 echo "==> integration tests (cargo test -p sqs_ingest_it)"
 cargo test -p sqs_ingest_it

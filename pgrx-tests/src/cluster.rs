@@ -138,6 +138,13 @@ impl Cluster {
             .is_ok()
     }
 
+    /// Stops and starts the server again with `env`, as the official image's entrypoint does
+    /// after running its init scripts.
+    pub fn restart(&self, env: &[(&str, &str)]) {
+        self.stop();
+        self.pg_ctl_start(env);
+    }
+
     pub fn stop(&self) {
         let mut c = as_postgres(&format!("{BIN}/pg_ctl"));
         c.args(["-D", self.data().to_str().unwrap(), "-m", "fast", "-w", "stop"]);

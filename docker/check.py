@@ -1,0 +1,79 @@
+"""Static checks of the Docker files, which no machine of ours can build (no Docker engine):
+the compose files parse and hold the services, ports, health checks and settings the README
+promises, and the Dockerfile builds with the scripts CI runs and copies paths that
+`cargo pgrx package` really makes (its output directory is the one argument)."""
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUE = "http://localstack:4566/000000000000/login-queue"
+failures = []
+passed = 0
+
+
+def check(what, ok):
+    global passed
+    if ok:
+        passed += 1
+    else:
+        failures.append(what)
+
+
+class Loader(yaml.SafeLoader):
+    pass
+
+
+# Compose's !reset tag: parse it as the plain value it resets to.
+Loader.add_constructor("!reset", lambda loader, node: loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else None)
+
+compose = yaml.load((ROOT / "docker-compose.yml").read_text(), Loader=Loader)
+services = compose.get("services", {})
+check("services are localstack and postgres", set(services) == {"localstack", "postgres"})
+ls, pg = services.get("localstack", {}), services.get("postgres", {})
+check("localstack uses a pinned official image", re.fullmatch(r"localstack/localstack:\d+\.\d+\.\d+", ls.get("image", "")))
+check("localstack publishes 4566", "4566:4566" in ls.get("ports", []))
+check("localstack mounts the init hook", any("ready.d:/etc/localstack/init/ready.d" in v for v in ls.get("volumes", [])))
+check("localstack health waits for login-queue", "login-queue" in str(ls.get("healthcheck", {}).get("test")))
+check("postgres builds Dockerfile.postgres", pg.get("build", {}).get("dockerfile") == "Dockerfile.postgres")
+env = pg.get("environment", {})
+check("postgres points the worker at LocalStack's queue", env.get("SQS_QUEUE_URL") == QUEUE)
+check("postgres has test credentials and a region", env.get("AWS_ACCESS_KEY_ID") == "test" and env.get("AWS_REGION"))
+check("postgres does not probe instance metadata", env.get("AWS_EC2_METADATA_DISABLED") == "true")
+check("postgres publishes 5432", "5432:5432" in pg.get("ports", []))
+check("postgres keeps its data in a volume", "pgdata:/var/lib/postgresql/data" in pg.get("volumes", []) and "pgdata" in compose.get("volumes", {}))
+check("postgres waits for a healthy localstack", pg.get("depends_on", {}).get("localstack", {}).get("condition") == "service_healthy")
+check("postgres has a pg_isready health check", "pg_isready" in str(pg.get("healthcheck", {}).get("test")))
+
+override = yaml.load((ROOT / "docker-compose.takehome.yml").read_text(), Loader=Loader)
+check("take-home override uses the take-home's LocalStack image", override["services"]["localstack"]["image"] == "fetchdocker/data-takehome-localstack")
+mounted = [v.split(":")[0] for v in override["services"]["postgres"]["volumes"]]
+check("take-home override mounts files that exist", all((ROOT / m).exists() for m in mounted if m.startswith("./")))
+
+dockerfile = (ROOT / "Dockerfile.postgres").read_text()
+froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+check("both stages are a pinned postgres:15 bookworm", len(froms) == 2 and all(re.fullmatch(r"postgres:15\.\d+-bookworm", f) for f in froms))
+check("the build stage runs CI's own setup script", "bash scripts/setup.sh --build-only" in dockerfile)
+check("the build stage packages with cargo pgrx", "cargo pgrx package" in dockerfile)
+package = Path(sys.argv[1])
+copied = re.findall(r"^COPY --from=build /out/(\S+)", dockerfile, re.M)
+check("the final stage copies the packaged library and extension files", len(copied) == 2)
+for path in copied:
+    check(f"the package holds {path}", any((package / path).iterdir()) if (package / path).is_dir() else False)
+check("the final stage installs pg_cron", "postgresql-15-cron" in dockerfile)
+check("both libraries are preloaded", "shared_preload_libraries = 'sqs_ingest,pg_cron'" in dockerfile)
+check("the image runs as postgres", re.search(r"^USER postgres$", dockerfile, re.M))
+check("no secret is baked in", not re.search(r"^(ENV|ARG) .*(SECRET|PASSWORD|KEY)", dockerfile, re.M))
+for path in ["docker/initdb.d", "docker/localstack/ready.d"]:
+    for script in (ROOT / path).iterdir():
+        check(f"{script.name} is executable", script.stat().st_mode & 0o111)
+init = (ROOT / "docker/initdb.d/10-sqs-ingest.sh").read_text()
+check("the init script creates both extensions", "CREATE EXTENSION IF NOT EXISTS sqs_ingest" in init and "CREATE EXTENSION IF NOT EXISTS pg_cron" in init)
+check("the init script takes the queue URL from the environment", "SQS_QUEUE_URL" in init)
+
+for f in failures:
+    print(f"FAILED: {f}")
+print(f"docker: {passed} passed, {len(failures)} failed")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs once, when the data directory is created: settings from the environment, then the
+# extensions. Nothing secret is baked into the image: keys come from the container's environment.
+set -euo pipefail
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
+     -v queue_url="${SQS_QUEUE_URL:-http://localstack:4566/000000000000/login-queue}" \
+     -v region="${AWS_REGION:-us-east-1}" \
+     -v worker_enabled="${SQS_INGEST_WORKER_ENABLED:-on}" \
+     -v database="$POSTGRES_DB" -v socket_dir="${PGHOST:-/var/run/postgresql}" <<'SQL'
+ALTER SYSTEM SET sqs_ingest.queue_url = :'queue_url';
+ALTER SYSTEM SET sqs_ingest.region = :'region';
+ALTER SYSTEM SET sqs_ingest.worker_enabled = :'worker_enabled';
+ALTER SYSTEM SET sqs_ingest.database = :'database';
+ALTER SYSTEM SET cron.database_name = :'database';
+-- pg_cron's jobs connect over the Unix socket this script uses, which the image trusts.
+ALTER SYSTEM SET cron.host = :'socket_dir';
+CREATE EXTENSION IF NOT EXISTS sqs_ingest;
+CREATE EXTENSION IF NOT EXISTS pg_cron;
+SQL
+if [ -n "${SQS_INGEST_PII_KEY:-}" ]; then
+  psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
+       -v key="$SQS_INGEST_PII_KEY" -c "ALTER SYSTEM SET sqs_ingest.pii_key = :'key'"
+fi
