@@ -19,5 +19,5 @@ CREATE EXTENSION IF NOT EXISTS pg_cron;
 SQL
 if [ -n "${SQS_INGEST_PII_KEY:-}" ]; then
   psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-       -v key="$SQS_INGEST_PII_KEY" -c "ALTER SYSTEM SET sqs_ingest.pii_key = :'key'"
+       -v key="$SQS_INGEST_PII_KEY" <<<"ALTER SYSTEM SET sqs_ingest.pii_key = :'key'"
 fi

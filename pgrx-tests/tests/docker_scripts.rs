@@ -30,7 +30,7 @@ fn run(script: &str, env: &[(&str, &str)]) {
 
 /// Runs the compose setup's scripts against a cluster and moto; returns the cluster once the
 /// worker has ingested the 95 valid messages and dead-lettered the 5 malformed ones.
-fn compose_up(name: &str, sql_first: Option<&str>) -> Cluster {
+fn compose_up(name: &str, sql_first: Option<&str>, pii_key: &str) -> Cluster {
     let emulator = Emulator::start();
     let c = Cluster::start(name, &["shared_preload_libraries = 'sqs_ingest,pg_cron'".to_owned()], &AWS_ENV);
     let mut env: Vec<(&str, &str)> = AWS_ENV.to_vec();
@@ -57,6 +57,7 @@ fn compose_up(name: &str, sql_first: Option<&str>) -> Cluster {
         ("POSTGRES_DB", "postgres"),
         ("SQS_QUEUE_URL", queue.url.as_str()),
         ("AWS_REGION", "us-east-1"),
+        ("SQS_INGEST_PII_KEY", pii_key),
     ];
     run("docker/initdb.d/10-sqs-ingest.sh", &pg_env);
     c.restart(&AWS_ENV);
@@ -78,7 +79,7 @@ fn compose_up(name: &str, sql_first: Option<&str>) -> Cluster {
 
 #[test]
 fn compose_scripts_fill_the_queue_and_the_worker_ingests_it() {
-    let c = compose_up("docker_compose", None);
+    let c = compose_up("docker_compose", None, "");
     let mut db = c.connect("postgres");
     // pg_cron, configured by the same script, runs a job over its Unix socket setting.
     db.batch_execute("SELECT cron.schedule('sqs-ingest-check', '* * * * *', 'SELECT 1')").unwrap();
@@ -89,8 +90,11 @@ fn compose_scripts_fill_the_queue_and_the_worker_ingests_it() {
 
 #[test]
 fn take_home_table_created_first_gets_integer_versions() {
-    let c = compose_up("docker_takehome", Some("docker/takehome/05-user-logins.sql"));
+    let key = "take-home's key";
+    let c = compose_up("docker_takehome", Some("docker/takehome/05-user-logins.sql"), key);
     let mut db = c.connect("postgres");
+    let set: String = db.query_one("SELECT current_setting('sqs_ingest.pii_key')", &[]).unwrap().get(0);
+    assert_eq!(set, key, "SQS_INGEST_PII_KEY, quote and all");
     assert_eq!(
         count(&mut db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'user_logins' AND column_name = 'app_version' AND data_type = 'integer'"),
         1
