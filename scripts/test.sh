@@ -27,4 +27,12 @@ cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$package" >/dev/null
 rm -rf "$package"
 
 echo "==> integration tests (cargo test -p sqs_ingest_it)"
-cargo test -p sqs_ingest_it
+# The clusters' logs go to a directory of this run's own, for the log scan after the suite.
+TMPDIR=$(mktemp -d)
+chmod 755 "$TMPDIR"
+export TMPDIR
+cargo test -p sqs_ingest_it -- --skip server_logs_hold_no_secret
+
+echo "==> the whole suite's server logs: no secret, receipt handle or raw PII"
+cargo test -p sqs_ingest_it --test log_scan -- --nocapture server_logs_hold_no_secret
+rm -rf "$TMPDIR"

@@ -1,5 +1,17 @@
 -- Tables of sqs_ingest. The ledger and dead letters belong to the extension (and are dumped
 -- by pg_dump); user_logins is user data and is detached so that DROP EXTENSION keeps it.
+-- Roles are cluster-wide, so they may exist from another database (and outlive the extension).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sqs_ingest_operator') THEN
+        CREATE ROLE sqs_ingest_operator NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sqs_ingest_pii_reader') THEN
+        CREATE ROLE sqs_ingest_pii_reader NOLOGIN;
+    END IF;
+END
+$roles$;
+
 CREATE SCHEMA sqs_ingest;
 
 CREATE TABLE sqs_ingest.processed_messages (
@@ -36,6 +48,30 @@ BEGIN
             create_date      date
         );
         ALTER EXTENSION sqs_ingest DROP TABLE @extschema@.user_logins;
+        -- A table that already existed keeps the privileges its owner gave it.
+        GRANT SELECT, INSERT ON @extschema@.user_logins TO sqs_ingest_operator;
     END IF;
 END
 $bootstrap$;
+
+-- Opt-in PII recovery (sqs_ingest.recovery_key): each original ip and device_id, sealed with
+-- AES-256-GCM under the masked value it hides, and the audit of every reveal_pii.
+CREATE TABLE sqs_ingest.pii_vault (
+    masked    text PRIMARY KEY,
+    sealed    bytea NOT NULL,
+    sealed_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE sqs_ingest.pii_reveals (
+    id           bigserial PRIMARY KEY,
+    revealed_at  timestamptz NOT NULL DEFAULT now(),
+    revealed_by  name NOT NULL,
+    session_role name NOT NULL,
+    masked       text NOT NULL,
+    found        boolean NOT NULL,
+    token        bigint NOT NULL UNIQUE
+);
+
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.pii_vault', '');
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.pii_reveals', '');
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.pii_reveals_id_seq', '');

@@ -8,6 +8,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use sqs_ingest_core::masking::{Masker, MASKED_LEN};
 use sqs_ingest_core::message::{self, AppVersion, AppVersionColumn, Columns};
+use sqs_ingest_core::vault::Sealer;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -53,7 +54,6 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
     };
     let settings = settings::fetch_settings().unwrap_or_else(|e| raise(e));
     let target = Target::resolve().unwrap_or_else(|e| raise(e));
-    let masker = settings::masker();
     prune_ledger(settings.ledger_retention_seconds);
     let mut remaining = max;
     let mut total = Stored::default();
@@ -77,7 +77,7 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
             break;
         }
         remaining -= received.len() as i32;
-        total += ingest(&target, &settings, received, &masker);
+        total += ingest(&target, &settings, received);
     }
     if total.dead_letters > 0 || total.duplicates > 0 {
         notice!(
@@ -90,8 +90,11 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
 
 /// Stores one received batch in the current transaction and schedules its deletion from SQS
 /// for after COMMIT: the one path of fetch_login_queue and the workers alike.
-pub fn ingest(target: &Target, settings: &FetchSettings, received: Vec<Received>, masker: &Masker) -> Stored {
-    let stored = target.store(&received, masker);
+pub fn ingest(target: &Target, settings: &FetchSettings, received: Vec<Received>) -> Stored {
+    if !settings::pii_key_is_set() && crate::status::first_unkeyed_ingest() {
+        crate::errors::warn_unkeyed();
+    }
+    let stored = target.store(&received, &settings.masker, settings.sealer.as_ref());
     let handles = received.into_iter().map(|m| m.receipt_handle).collect();
     xact::delete_after_commit(&settings.client, &settings.queue_url, handles);
     stored
@@ -223,13 +226,13 @@ impl Target {
     /// Inserts the batch's valid messages as rows and the others as dead letters, each with
     /// its ledger entry; ids already in the ledger are skipped. No INSERT can fail on data:
     /// everything was validated against the columns first.
-    pub fn store(&self, batch: &[Received], masker: &Masker) -> Stored {
+    pub fn store(&self, batch: &[Received], masker: &Masker, sealer: Option<&Sealer>) -> Stored {
         let mut good = Rows::default();
         let mut dead = DeadLetters::default();
         let mut seen = HashSet::with_capacity(batch.len());
         for m in batch.iter().filter(|m| seen.insert(m.message_id.as_str())) {
             match message::parse(&m.body, &self.columns) {
-                Ok(login) => good.push(m, login, masker),
+                Ok(login) => good.push(m, login, masker, sealer),
                 Err(reason) => dead.push(m, reason.to_string(), message::dead_letter_body(&m.body, masker)),
             }
         }
@@ -250,15 +253,24 @@ struct Rows {
     version_text: Vec<String>,
     version_int: Vec<i32>,
     sent_day: Vec<Option<i32>>,
+    /// The originals, sealed, when recovery is on (sqs_ingest.recovery_key).
+    sealed_ip: Vec<Vec<u8>>,
+    sealed_device_id: Vec<Vec<u8>>,
 }
 
 impl Rows {
-    fn push(&mut self, m: &Received, login: message::Login, masker: &Masker) {
+    fn push(&mut self, m: &Received, login: message::Login, masker: &Masker, sealer: Option<&Sealer>) {
+        let masked_ip = masker.mask(&login.ip);
+        let masked_device_id = masker.mask(&login.device_id);
+        if let Some(sealer) = sealer {
+            self.sealed_ip.push(sealer.seal(&masked_ip, &login.ip));
+            self.sealed_device_id.push(sealer.seal(&masked_device_id, &login.device_id));
+        }
         self.message_id.push(m.message_id.clone());
         self.user_id.push(login.user_id.into_owned());
         self.device_type.push(login.device_type.into_owned());
-        self.masked_ip.push(masker.mask(&login.ip));
-        self.masked_device_id.push(masker.mask(&login.device_id));
+        self.masked_ip.push(masked_ip);
+        self.masked_device_id.push(masked_device_id);
         self.locale.push(login.locale.map(|l| l.into_owned()));
         match login.app_version {
             AppVersion::Text(v) => self.version_text.push(v.into_owned()),
@@ -275,25 +287,40 @@ impl Rows {
             AppVersionColumn::Text(_) => ("text", self.version_text.into()),
             AppVersionColumn::Integer => ("int4", self.version_int.into()),
         };
+        let sealing = !self.sealed_ip.is_empty();
+        // The originals are sealed under their masked values, once each: the first seal stays.
+        let vault = if sealing {
+            ", vault AS (
+                INSERT INTO sqs_ingest.pii_vault (masked, sealed)
+                SELECT v.masked, v.sealed FROM batch JOIN fresh USING (message_id),
+                    LATERAL (VALUES (masked_ip, sealed_ip), (masked_device_id, sealed_device_id))
+                    AS v(masked, sealed)
+                ON CONFLICT DO NOTHING
+             )"
+        } else {
+            ""
+        };
+        let sealed_columns = if sealing { ", $9::bytea[], $10::bytea[]" } else { "" };
+        let sealed_names = if sealing { ", sealed_ip, sealed_device_id" } else { "" };
         // The ledger insert and the row insert are one statement: a row exists iff its
         // message id entered the ledger in this statement.
         let sql = format!(
             "WITH batch AS (
                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                     $6::text[], $7::{version_type}[], $8::int4[])
+                                     $6::text[], $7::{version_type}[], $8::int4[]{sealed_columns})
                     AS b(message_id, user_id, device_type, masked_ip, masked_device_id, locale,
-                         app_version, sent_day)
+                         app_version, sent_day{sealed_names})
              ), fresh AS (
                 INSERT INTO sqs_ingest.processed_messages (message_id)
                 SELECT message_id FROM batch ON CONFLICT DO NOTHING RETURNING message_id
-             )
+             ){vault}
              INSERT INTO {table}
                 (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
              SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,
                     coalesce(date '2000-01-01' + sent_day, (now() AT TIME ZONE 'UTC')::date)
              FROM batch JOIN fresh USING (message_id)"
         );
-        let args: [DatumWithOid; 8] = [
+        let mut args: Vec<DatumWithOid> = vec![
             self.message_id.into(),
             self.user_id.into(),
             self.device_type.into(),
@@ -303,6 +330,10 @@ impl Rows {
             versions,
             self.sent_day.into(),
         ];
+        if sealing {
+            args.push(self.sealed_ip.into());
+            args.push(self.sealed_device_id.into());
+        }
         update(&sql, &args)
     }
 }

@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 mod errors;
 mod ingest;
 mod masking;
+mod recovery;
 mod settings;
 mod sqs_client;
 mod status;
@@ -13,6 +14,7 @@ mod xact;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

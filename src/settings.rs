@@ -3,6 +3,7 @@ use crate::sqs_client::ClientConfig;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use sqs_ingest_core::endpoint::endpoint_for_queue;
 use sqs_ingest_core::masking::Masker;
+use sqs_ingest_core::vault::{Sealer, VaultError};
 use std::ffi::CString;
 use std::fmt;
 use std::time::Duration;
@@ -12,6 +13,7 @@ pub static QUEUE_URL: GucSetting<Option<CString>> =
 pub static ENDPOINT_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static REGION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"us-east-1"));
 pub static PII_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static RECOVERY_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static FETCH_WAIT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static VISIBILITY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
@@ -63,6 +65,14 @@ pub fn register() {
         c"HMAC-SHA256 key for masking ip and device_id; empty: unkeyed SHA-256.",
         c"",
         &PII_KEY,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"sqs_ingest.recovery_key",
+        c"AES-256 key (64 hex digits) sealing the original ip and device_id for reveal_pii; empty: nothing is kept.",
+        c"",
+        &RECOVERY_KEY,
         GucContext::Suset,
         GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
     );
@@ -188,6 +198,7 @@ pub fn worker_database() -> String {
 pub enum SettingsError {
     Empty(&'static str),
     NotHttpUrl(&'static str),
+    RecoveryKey(VaultError),
 }
 
 impl fmt::Display for SettingsError {
@@ -197,18 +208,23 @@ impl fmt::Display for SettingsError {
             SettingsError::NotHttpUrl(name) => {
                 write!(f, "sqs_ingest.{name} is not an http:// or https:// URL")
             }
+            SettingsError::RecoveryKey(e) => write!(f, "sqs_ingest.recovery_key is unusable: {e}"),
         }
     }
 }
 
 /// What one fetch needs, read on the backend's main thread before any async code runs.
-#[derive(Debug, Clone)]
+/// Not Debug: it holds the keys.
+#[derive(Clone)]
 pub struct FetchSettings {
     pub queue_url: String,
     pub client: ClientConfig,
     pub wait_seconds: i32,
     pub visibility_timeout: Option<i32>,
     pub ledger_retention_seconds: i32,
+    pub masker: Masker,
+    /// Seals the originals of masked values when recovery is on.
+    pub sealer: Option<Sealer>,
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> String {
@@ -247,7 +263,23 @@ pub fn fetch_settings() -> Result<FetchSettings, SettingsError> {
         wait_seconds: FETCH_WAIT.get(),
         visibility_timeout: (visibility >= 0).then_some(visibility),
         ledger_retention_seconds: LEDGER_RETENTION.get(),
+        masker: masker(),
+        sealer: sealer()?,
     })
+}
+
+/// The recovery sealer, or None when `sqs_ingest.recovery_key` is empty.
+pub fn sealer() -> Result<Option<Sealer>, SettingsError> {
+    match text(&RECOVERY_KEY) {
+        key if key.is_empty() => Ok(None),
+        key => Sealer::from_hex(&key).map(Some).map_err(SettingsError::RecoveryKey),
+    }
+}
+
+/// Whether masking is keyed; unkeyed hashes of IPv4 addresses and device ids are reversible by
+/// enumeration.
+pub fn pii_key_is_set() -> bool {
+    PII_KEY.get().is_some_and(|k| !k.is_empty())
 }
 
 /// The masker for `mask_pii` and ingestion alike, so both always agree.

@@ -1,5 +1,6 @@
 //! The backend's SQS client: one leaked current-thread runtime, a cached SDK client, and
 //! requests driven in short slices so that Postgres interrupts are honoured while waiting.
+use sqs_ingest_core::redact::redact;
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -189,7 +190,7 @@ where
         SdkError::ServiceError(service) => SqsError::Service {
             target: config.target(),
             code: service.err().code().unwrap_or("an error").to_owned(),
-            message: service.err().message().unwrap_or_default().to_owned(),
+            message: redact(service.err().message().unwrap_or_default()),
         },
         _ => SqsError::Unreachable { target: config.target(), detail: causes(&err) },
     }

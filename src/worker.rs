@@ -158,10 +158,9 @@ fn round(index: usize) -> Round {
         return Round::Done;
     }
     status::update(index, |s| s.state = State::Ingesting);
-    let masker = settings::masker();
     let stored = in_transaction(AssertUnwindSafe(|| {
         ingest::prune_ledger(settings.ledger_retention_seconds);
-        ingest::ingest(&target, &settings, received, &masker)
+        ingest::ingest(&target, &settings, received)
     }));
     match stored {
         Ok(stored) => {

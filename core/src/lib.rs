@@ -3,3 +3,5 @@ pub mod endpoint;
 pub mod masking;
 pub mod message;
 pub mod version;
+pub mod vault;
+pub mod redact;

@@ -98,11 +98,19 @@ impl Cluster {
     }
 
     pub fn url(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db} application_name=sqs_ingest_it", self.port)
+        self.url_as(db, "postgres")
+    }
+
+    fn url_as(&self, db: &str, user: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} dbname={db} application_name=sqs_ingest_it", self.port)
     }
 
     pub fn connect(&self, db: &str) -> Client {
-        Client::connect(&self.url(db), NoTls).unwrap_or_else(|e| panic!("connect to {db}: {e}"))
+        self.connect_as(db, "postgres")
+    }
+
+    pub fn connect_as(&self, db: &str, user: &str) -> Client {
+        Client::connect(&self.url_as(db, user), NoTls).unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
     }
 
     /// A connection whose NOTICE and WARNING messages are collected in the returned list.
@@ -175,12 +183,15 @@ extern "C" fn stop_shared() {
 }
 
 impl Cluster {
-    /// One cluster for all tests of a test binary, stopped when the binary exits.
-    pub fn shared(env: &[(&str, &str)]) -> &'static Cluster {
+    /// One cluster for all tests of a test binary, its workers off, stopped when the binary
+    /// exits. The first call's `settings` and `env` are the ones it starts with.
+    pub fn shared(settings: &[&str], env: &[(&str, &str)]) -> &'static Cluster {
         SHARED.get_or_init(|| {
             // SAFETY: registers a plain function; statics are never dropped, so only this stops it.
             unsafe { libc::atexit(stop_shared) };
-            Cluster::start("shared", &["sqs_ingest.worker_enabled = off".to_owned()], env)
+            let mut all = vec!["sqs_ingest.worker_enabled = off".to_owned()];
+            all.extend(settings.iter().map(|s| s.to_string()));
+            Cluster::start("shared", &all, env)
         })
     }
 }

@@ -6,6 +6,13 @@ pub mod hang;
 pub mod logins;
 pub mod proxy;
 
+/// Secrets that the security tests configure and the log scan looks for afterwards.
+pub mod secrets {
+    pub const PII_KEY: &str = "pii-key-7f3a9c1e44";
+    pub const RECOVERY_KEY: &str = "5f0c2a9e81d34b67a0e1f2c3d4b5a69788796a5b4c3d2e1f0a1b2c3d4e5f6071";
+    pub const AWS_SECRET: &str = "aws-secret-5e8d2b7c91";
+}
+
 pub use cluster::Cluster;
 pub use emulator::{Emulator, Queue};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn cluster() -> &'static Cluster {
-    Cluster::shared(&AWS_ENV)
+    Cluster::shared(&[], &AWS_ENV)
 }
 
 fn set(db: &mut Client, setting: &str, value: &str) {

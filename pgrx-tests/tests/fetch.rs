@@ -7,7 +7,7 @@ use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator, Queue};
 use std::time::Duration;
 
 fn cluster() -> &'static Cluster {
-    Cluster::shared(&AWS_ENV)
+    Cluster::shared(&[], &AWS_ENV)
 }
 
 /// A database of its own and a queue of its own for one test, the session pointed at it.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_millis(250);
 
 fn cluster() -> &'static Cluster {
-    Cluster::shared(&AWS_ENV)
+    Cluster::shared(&[], &AWS_ENV)
 }
 
 fn postmaster_start(c: &Cluster) -> String {

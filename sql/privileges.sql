@@ -1,0 +1,17 @@
+-- Least privilege: ingesting and the extension's tables are granted through roles, masking is
+-- for everyone, revealing PII only for its readers. The audit of reveals is written by a worker,
+-- so no reader needs (or has) any right to change it.
+REVOKE ALL ON FUNCTION @extschema@.fetch_login_queue(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.fetch_login_queue(integer) TO sqs_ingest_operator;
+REVOKE ALL ON FUNCTION @extschema@.reveal_pii(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.reveal_pii(text) TO sqs_ingest_pii_reader;
+
+GRANT USAGE ON SCHEMA sqs_ingest TO sqs_ingest_operator, sqs_ingest_pii_reader;
+-- Pruning deletes old ledger entries, locking them first (which needs UPDATE).
+GRANT SELECT, INSERT, UPDATE, DELETE ON sqs_ingest.processed_messages TO sqs_ingest_operator;
+GRANT SELECT, INSERT, DELETE ON sqs_ingest.dead_letters TO sqs_ingest_operator;
+GRANT USAGE ON SEQUENCE sqs_ingest.dead_letters_id_seq TO sqs_ingest_operator;
+GRANT INSERT ON sqs_ingest.pii_vault TO sqs_ingest_operator;
+GRANT SELECT ON sqs_ingest.worker_status TO sqs_ingest_operator;
+-- Sealed values are useless without the server's key; reveal_pii reads them as its caller.
+GRANT SELECT ON sqs_ingest.pii_vault, sqs_ingest.pii_reveals TO sqs_ingest_pii_reader;
