@@ -7,6 +7,7 @@ build_only=false
 source "$(dirname "$0")/env.sh"
 
 PGRX_VERSION=0.18.1
+CARGO_FUZZ_VERSION=0.13.2
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron clang libclang-dev
               build-essential pkg-config sudo openssl)
 # The emulator for the tests; the static checkers of the Docker files; awslocal, which the
@@ -40,6 +41,11 @@ if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; t
 fi
 
 $build_only && exit 0
+
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes, once)"
+  cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked --quiet
+fi
 stamp=$SQS_INGEST_VENV/.packages
 if [ "$(cat "$stamp" 2>/dev/null)" != "${PY_PACKAGES[*]}" ]; then
   log "python venv with ${PY_PACKAGES[*]} in $SQS_INGEST_VENV"

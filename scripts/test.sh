@@ -9,6 +9,9 @@ bash scripts/setup.sh
 echo "==> unit tests (cargo test -p sqs_ingest_core)"
 cargo test -p sqs_ingest_core
 
+echo "==> fuzzing smoke: each cargo fuzz target for a minute"
+bash scripts/fuzz.sh 60
+
 echo "==> #[pg_test]s (cargo pgrx test)"
 # Before the release install: cargo pgrx test overwrites the installed library with its build.
 pgdata=$(mktemp -d)

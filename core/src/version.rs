@@ -103,4 +103,52 @@ mod tests {
             }
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// A version string with 1..=3 components, each 0..=99 written with optional leading zeros.
+        fn version() -> impl Strategy<Value = (Vec<u32>, String)> {
+            prop::collection::vec((0..=99u32, 0..3usize), 1..=3).prop_map(|parts| {
+                let text = parts.iter().map(|(n, zeros)| format!("{}{n}", "0".repeat(*zeros))).collect::<Vec<_>>();
+                (parts.iter().map(|(n, _)| *n).collect(), text.join("."))
+            })
+        }
+
+        fn padded(parts: &[u32]) -> (u32, u32, u32) {
+            (parts[0], *parts.get(1).unwrap_or(&0), *parts.get(2).unwrap_or(&0))
+        }
+
+        proptest! {
+            #[test]
+            fn equals_the_component_formula((parts, text) in version()) {
+                let (a, b, c) = padded(&parts);
+                prop_assert_eq!(encode(&text), Ok((a * 10_000 + b * 100 + c) as i32));
+            }
+
+            #[test]
+            fn preserves_order_and_never_collides((x, xs) in version(), (y, ys) in version()) {
+                let (ex, ey) = (encode(&xs).unwrap(), encode(&ys).unwrap());
+                prop_assert_eq!(padded(&x).cmp(&padded(&y)), ex.cmp(&ey));
+            }
+
+            #[test]
+            fn any_text_is_encoded_in_range_or_refused(text in "\\PC{0,12}|[0-9.]{0,12}") {
+                if let Ok(v) = encode(&text) {
+                    prop_assert!((0..=999_999).contains(&v));
+                    let parts: Vec<u32> = text.split('.').map(|p| p.parse().unwrap()).collect();
+                    let (a, b, c) = padded(&parts);
+                    prop_assert_eq!(v, (a * 10_000 + b * 100 + c) as i32);
+                }
+            }
+
+            #[test]
+            fn components_over_99_are_refused(big in 100..u32::MAX, pos in 0..3usize) {
+                let mut parts = vec!["1".to_owned(); 3];
+                parts[pos] = big.to_string();
+                prop_assert_eq!(encode(&parts.join(".")), Err(VersionError::ComponentTooLarge));
+            }
+        }
+    }
 }

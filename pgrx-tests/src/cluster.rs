@@ -146,16 +146,54 @@ impl Cluster {
             .is_ok()
     }
 
+    /// A cluster of its own whose workers ingest from `queue_url` into the database `postgres`,
+    /// with short waits so that tests see restarts and backoff quickly.
+    pub fn with_workers(name: &str, queue_url: &str, extra: &[&str]) -> Cluster {
+        let mut settings = vec![
+            format!("sqs_ingest.queue_url = '{queue_url}'"),
+            "sqs_ingest.worker_wait = 2".to_owned(),
+            "sqs_ingest.worker_max_backoff = 1".to_owned(),
+            "sqs_ingest.worker_restart_interval = 1".to_owned(),
+            "sqs_ingest.visibility_timeout = 2".to_owned(),
+        ];
+        settings.extend(extra.iter().map(|s| s.to_string()));
+        Cluster::start(name, &settings, &crate::emulator::AWS_ENV)
+    }
+
+    /// Pids of the running sqs_ingest workers.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.connect("postgres")
+            .query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'sqs_ingest worker' ORDER BY pid", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// Stops and starts the server again with `env`, as the official image's entrypoint does
     /// after running its init scripts.
     pub fn restart(&self, env: &[(&str, &str)]) {
         self.stop();
+        self.start_again(env);
+    }
+
+    pub fn start_again(&self, env: &[(&str, &str)]) {
         self.pg_ctl_start(env);
     }
 
     pub fn stop(&self) {
+        self.pg_ctl_stop("fast");
+    }
+
+    /// `pg_ctl stop -m immediate`: every process quits at once, as in a power cut; the next
+    /// start runs crash recovery.
+    pub fn stop_immediately(&self) {
+        self.pg_ctl_stop("immediate");
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) {
         let mut c = as_postgres(&format!("{BIN}/pg_ctl"));
-        c.args(["-D", self.data().to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        c.args(["-D", self.data().to_str().unwrap(), "-m", mode, "-w", "stop"]);
         let _ = c.output();
     }
 

@@ -74,6 +74,14 @@ impl Emulator {
         let _ = p.wait();
     }
 
+    /// SIGSTOP (true) or SIGCONT (false): a frozen emulator accepts connections and never
+    /// answers, like a hung server, and keeps its queues for when it thaws.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.process.lock().unwrap_or_else(|e| e.into_inner()).id() as i32;
+        // SAFETY: signals our own child process.
+        unsafe { libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT }) };
+    }
+
     /// A new, empty standard queue that takes bodies up to SQS's maximum, 1 MiB.
     pub fn queue(&self, name: &str) -> Queue<'_> {
         let create = self
@@ -133,6 +141,18 @@ impl Queue<'_> {
             .block_on(e.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send())
             .expect("send_message_batch");
         assert!(out.failed.is_empty(), "emulator refused messages: {:?}", out.failed);
+    }
+
+    /// Sends the bodies 200 at a time, each chunk once fewer than 100 are left: moto's receive
+    /// slows with the depth of the queue, and a shallow queue is what a consumer that keeps up sees.
+    pub fn feed(&self, bodies: &[String]) {
+        for chunk in bodies.chunks(200) {
+            crate::wait_until("the queue to drain below 100", std::time::Duration::from_secs(300), || {
+                let (visible, in_flight) = self.counts();
+                visible + in_flight < 100
+            });
+            self.send(chunk);
+        }
     }
 
     /// (visible, in flight) messages, as SQS approximates them.

@@ -43,6 +43,29 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
+/// A process's memory in KiB, from /proc/<pid>/status.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Resident now; for a backend this includes the shared buffers it has touched.
+    pub rss: u64,
+    /// The peak of `rss`.
+    pub hwm: u64,
+    /// Resident private memory (heap, stacks): what a leak would grow.
+    pub anon: u64,
+}
+
+pub fn memory_kib(pid: i32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let get = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} of pid {pid}"))
+    };
+    Memory { rss: get("VmRSS:"), hwm: get("VmHWM:"), anon: get("RssAnon:") }
+}
+
 /// Where scripts/setup.sh put the Python venv with moto.
 pub fn venv() -> std::path::PathBuf {
     match std::env::var_os("SQS_INGEST_VENV") {

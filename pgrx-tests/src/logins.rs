@@ -94,3 +94,32 @@ pub fn with_field(body: &str, key: &str, value: &str) -> String {
     let at = span(body, key);
     format!("{}{value}{}", &body[..at.start], &body[at.end..])
 }
+
+/// `count` bodies that must each become a dead letter, cycling through every kind of garbage a
+/// queue can hold. Rarely (they are large) a 100,000-level nested array or a ~1 MiB string.
+pub fn hostile(count: usize, seed: u64) -> Vec<String> {
+    let mut g = Generator::new(seed);
+    (0..count)
+        .map(|i| {
+            let login = g.login(true);
+            match (i % 997, i % 14) {
+                (500, _) => format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+                (996, _) => format!("{{\"user_id\": \"{}\"}}", "u".repeat(1_048_000)),
+                (_, 0) => String::new(),
+                (_, 1) => "{\"user_id\": \"unterminated".to_owned(),
+                (_, 2) => "[1, 2, 3]".to_owned(),
+                (_, 3) => format!("{}{}", "{\"a\": ".repeat(200), "}".repeat(200)),
+                (_, 4) => with_field(&login, "user_id", "a\\u0000b"),
+                (_, 5) => with_field(&login, "ip", "\\ud800"),
+                (_, 6) => login.replace(&format!("\"{}\"", field(&login, "ip")), "5"),
+                (_, 7) => login.replace(&format!("\"{}\"", field(&login, "device_id")), "{\"a\": 1}"),
+                (_, 8) => with_field(&login, "device_type", &"d".repeat(33)),
+                (_, 9) => login.replacen('{', "{\"user_id\": \"dup\", ", 1),
+                (_, 10) => format!("\u{FEFF}{login}"),
+                (_, 11) => ["null", "true", "\"a string\"", "42"][i / 14 % 4].to_owned(),
+                (_, 12) => login.replace(&format!("\"{}\"", field(&login, "app_version")), "[2, 3]"),
+                _ => login.replace(&format!("\"{}\"", field(&login, "user_id")), "null"),
+            }
+        })
+        .collect()
+}

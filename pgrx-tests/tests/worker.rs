@@ -1,6 +1,5 @@
 //! The background worker: continuous ingestion, reload, restart, shutdown, idling, recovery.
 use postgres::Client;
-use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::proxy::FaultProxy;
 use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator};
@@ -8,33 +7,12 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A cluster of its own whose workers ingest from `queue_url` into the database `postgres`.
-fn cluster(name: &str, queue_url: &str, extra: &[&str]) -> Cluster {
-    let mut settings = vec![
-        format!("sqs_ingest.queue_url = '{queue_url}'"),
-        "sqs_ingest.worker_wait = 2".to_owned(),
-        "sqs_ingest.worker_max_backoff = 1".to_owned(),
-        "sqs_ingest.worker_restart_interval = 1".to_owned(),
-        "sqs_ingest.visibility_timeout = 2".to_owned(),
-    ];
-    settings.extend(extra.iter().map(|s| s.to_string()));
-    Cluster::start(name, &settings, &AWS_ENV)
-}
-
 fn rows(db: &mut Client) -> i64 {
     count(db, "SELECT count(*) FROM user_logins")
 }
 
 fn wait_for_rows(db: &mut Client, n: i64) {
     wait_until(&format!("{n} rows in user_logins"), WAIT, || rows(db) == n);
-}
-
-fn worker_pids(db: &mut Client) -> Vec<i32> {
-    db.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'sqs_ingest worker' ORDER BY pid", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 fn reload(db: &mut Client, setting: &str, value: &str) {
@@ -45,7 +23,7 @@ fn reload(db: &mut Client, setting: &str, value: &str) {
 #[test]
 fn worker_drains_a_queue_of_300_and_reports_its_status() {
     let queue = Emulator::shared().queue("worker_drain");
-    let c = cluster("worker_drain", &queue.url, &[]);
+    let c = Cluster::with_workers("worker_drain", &queue.url, &[]);
     let mut db = c.connect("postgres");
     db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     queue.send(&valid(300, 71));
@@ -59,14 +37,14 @@ fn worker_drains_a_queue_of_300_and_reports_its_status() {
     assert_eq!(status.get::<_, i64>(2), 300);
     assert!(status.get::<_, bool>(3));
     assert_eq!(status.get::<_, Option<String>>(4), None);
-    assert_eq!(worker_pids(&mut db), vec![status.get::<_, i32>(0)], "one worker, shown in pg_stat_activity");
+    assert_eq!(c.worker_pids(), vec![status.get::<_, i32>(0)], "one worker, shown in pg_stat_activity");
 }
 
 #[test]
 fn reload_switches_the_queue_and_worker_enabled_off_stops_polling() {
     let emulator = Emulator::shared();
     let (first, second) = (emulator.queue("reload_a"), emulator.queue("reload_b"));
-    let c = cluster("reload", &first.url, &[]);
+    let c = Cluster::with_workers("reload", &first.url, &[]);
     let mut db = c.connect("postgres");
     db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     first.send(&valid(5, 73));
@@ -94,18 +72,18 @@ fn reload_switches_the_queue_and_worker_enabled_off_stops_polling() {
 #[test]
 fn terminated_worker_is_restarted_and_fast_shutdown_is_quick() {
     let queue = Emulator::shared().queue("restart");
-    let c = cluster("restart", &queue.url, &["sqs_ingest.worker_wait = 20"]);
+    let c = Cluster::with_workers("restart", &queue.url, &["sqs_ingest.worker_wait = 20"]);
     let mut db = c.connect("postgres");
     db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     wait_until("the worker to long-poll", WAIT, || {
         count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'polling'") == 1
     });
-    let old = worker_pids(&mut db);
+    let old = c.worker_pids();
     let asked = Instant::now();
     db.query_one("SELECT pg_terminate_backend($1)", &[&old[0]]).unwrap();
-    wait_until("the worker to exit", WAIT, || !worker_pids(&mut db).contains(&old[0]));
+    wait_until("the worker to exit", WAIT, || !c.worker_pids().contains(&old[0]));
     eprintln!("worker gone {} ms after pg_terminate_backend, mid long poll", asked.elapsed().as_millis());
-    wait_until("the worker to be restarted", WAIT, || worker_pids(&mut db).len() == 1);
+    wait_until("the worker to be restarted", WAIT, || c.worker_pids().len() == 1);
     queue.send(&valid(4, 89));
     wait_for_rows(&mut db, 4);
 
@@ -123,7 +101,7 @@ fn terminated_worker_is_restarted_and_fast_shutdown_is_quick() {
 #[test]
 fn worker_idles_quietly_without_the_extension_then_starts() {
     let queue = Emulator::shared().queue("no_extension");
-    let c = cluster("no_extension", &queue.url, &[]);
+    let c = Cluster::with_workers("no_extension", &queue.url, &[]);
     queue.send(&valid(5, 97));
     wait_until("the worker to notice the missing extension", WAIT, || c.log_lines("is not created") == 1);
     let mut db = c.connect("postgres");
@@ -146,7 +124,7 @@ fn endpoint_down_then_back_loses_nothing() {
     let queue = emulator.queue("endpoint_down");
     let proxy = FaultProxy::start(emulator.port);
     proxy.down(true);
-    let c = cluster("endpoint_down", &proxy.url_for(&queue.url), &[]);
+    let c = Cluster::with_workers("endpoint_down", &proxy.url_for(&queue.url), &[]);
     let mut db = c.connect("postgres");
     db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     queue.send(&valid(10, 101));
@@ -168,10 +146,10 @@ fn endpoint_down_then_back_loses_nothing() {
 #[test]
 fn two_workers_and_a_caller_give_one_row_per_message() {
     let queue = Emulator::shared().queue("three_consumers");
-    let c = cluster("three_consumers", &queue.url, &["sqs_ingest.workers = 2"]);
+    let c = Cluster::with_workers("three_consumers", &queue.url, &["sqs_ingest.workers = 2"]);
     let mut db = c.connect("postgres");
     db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
-    assert_eq!(worker_pids(&mut db).len(), 2);
+    assert_eq!(c.worker_pids().len(), 2);
     queue.send(&valid(300, 103));
     let mut caller = c.connect("postgres");
     let mut by_caller = 0;
@@ -190,7 +168,7 @@ fn two_workers_and_a_caller_give_one_row_per_message() {
 #[test]
 fn pg_cron_schedule_ingests() {
     let queue = Emulator::shared().queue("pg_cron");
-    let c = cluster(
+    let c = Cluster::with_workers(
         "pg_cron",
         &queue.url,
         &[
