@@ -7,3 +7,20 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SQS_INGEST_CACHE/target}
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 # Backtraces in a postmaster's environment slow every ERROR; the harness starts clusters clean.
 unset RUST_BACKTRACE
+# The benchmark's venvs (bench/setup.sh): boto3 + psycopg2, and LocalStack.
+export SQS_INGEST_BENCH_VENV=$SQS_INGEST_CACHE/bench-venv
+export SQS_INGEST_LOCALSTACK_VENV=$SQS_INGEST_CACHE/localstack-venv
+
+# Makes the Python venv at $1 with the packages after it, again whenever that list changes.
+venv_with() {
+  local dir=$1
+  shift
+  if [ "$(cat "$dir/.packages" 2>/dev/null)" != "$*" ]; then
+    echo "==> python venv with $* in $dir"
+    rm -rf "$dir"
+    mkdir -p "$(dirname "$dir")"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+    echo "$*" > "$dir/.packages"
+  fi
+}

@@ -46,11 +46,4 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes, once)"
   cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked --quiet
 fi
-stamp=$SQS_INGEST_VENV/.packages
-if [ "$(cat "$stamp" 2>/dev/null)" != "${PY_PACKAGES[*]}" ]; then
-  log "python venv with ${PY_PACKAGES[*]} in $SQS_INGEST_VENV"
-  mkdir -p "$SQS_INGEST_CACHE"
-  python3 -m venv "$SQS_INGEST_VENV"
-  "$SQS_INGEST_VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
-  echo "${PY_PACKAGES[*]}" > "$stamp"
-fi
+venv_with "$SQS_INGEST_VENV" "${PY_PACKAGES[@]}"

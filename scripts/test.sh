@@ -39,3 +39,7 @@ cargo test -p sqs_ingest_it -- --skip server_logs_hold_no_secret
 echo "==> the whole suite's server logs: no secret, receipt handle or raw PII"
 cargo test -p sqs_ingest_it --test log_scan -- --nocapture server_logs_hold_no_secret
 rm -rf "$TMPDIR"
+unset TMPDIR
+
+echo "==> benchmark smoke: bench/run.sh on a small queue (the figures need the full run)"
+bash bench/run.sh --messages 500 --rounds 1 --rss 0

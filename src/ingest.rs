@@ -9,13 +9,14 @@ use pgrx::prelude::*;
 use sqs_ingest_core::masking::{Masker, MASKED_LEN};
 use sqs_ingest_core::message::{self, AppVersion, AppVersionColumn, Columns};
 use sqs_ingest_core::vault::Sealer;
-use std::collections::HashSet;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgOid;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// Bounds of `max`: enough for any cron interval, small enough to keep one call's memory bounded.
 pub const MAX_FETCH: i32 = 10_000;
-/// SQS returns at most ten messages per ReceiveMessage.
-const RECEIVE_BATCH: i32 = 10;
 
 #[derive(Debug)]
 pub enum IngestError {
@@ -45,7 +46,8 @@ impl fmt::Display for IngestError {
     }
 }
 
-/// Pulls up to `max` messages in rounds of ten and returns the number of rows inserted.
+/// Pulls up to `max` messages, `sqs_ingest.requests_in_flight` requests of ten at a time, and
+/// returns the number of rows inserted.
 #[pg_extern(volatile, parallel_unsafe)]
 fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
     let max = match max {
@@ -59,10 +61,11 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
     let mut total = Stored::default();
     while remaining > 0 {
         let received = sqs_client::run(
-            sqs_client::receive(
+            sqs_client::receive_many(
                 &settings.client,
                 &settings.queue_url,
-                remaining.min(RECEIVE_BATCH),
+                remaining as usize,
+                settings.in_flight,
                 settings.wait_seconds,
                 settings.visibility_timeout,
             ),
@@ -381,9 +384,25 @@ impl DeadLetters {
     }
 }
 
-/// Runs an INSERT and returns how many rows it inserted. An SPI failure here is a bug or a
-/// broken table (a trigger, a constraint), so it is raised as the ERROR it is.
+thread_local! {
+    /// Ingestion's statements, planned once per backend and kept (SPI_keepplan), keyed by their
+    /// text: another table or app_version type is another text. Postgres replans a kept plan by
+    /// itself when a table it uses changes.
+    static PLANS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Runs an INSERT or DELETE through its kept plan and returns how many rows it touched. An SPI
+/// failure here is a bug or a broken table (a trigger, a constraint), so it is raised as the
+/// ERROR it is.
 fn update(sql: &str, args: &[DatumWithOid]) -> i32 {
-    Spi::connect_mut(|client| client.update(sql, None, args).map(|t| t.len() as i32))
-        .unwrap_or_else(|e| raise(IngestError::Spi(e.to_string())))
+    Spi::connect_mut(|client| {
+        PLANS.with_borrow_mut(|plans| {
+            if !plans.contains_key(sql) {
+                let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+                plans.insert(sql.to_owned(), client.prepare_mut(sql, &types)?.keep());
+            }
+            client.update(&plans[sql], None, args).map(|t| t.len() as i32)
+        })
+    })
+    .unwrap_or_else(|e| raise(IngestError::Spi(e.to_string())))
 }

@@ -18,6 +18,7 @@ pub static FETCH_WAIT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static VISIBILITY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
 pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static REQUESTS_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(LEDGER_RETENTION_DEFAULT);
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -33,6 +34,8 @@ const LEDGER_RETENTION_DEFAULT: i32 = 14 * 24 * 3600;
 /// SQS limits (seconds): long polls wait at most 20 s, visibility lasts at most 12 h.
 pub const MAX_WAIT_SECONDS: i32 = 20;
 pub const MAX_VISIBILITY_SECONDS: i32 = 43_200;
+/// Bounds what one round holds: requests × 10 messages × 1 MiB (SQS's largest message).
+const MAX_IN_FLIGHT: i32 = 16;
 
 pub fn register() {
     // Settings that redirect traffic or hold secrets are superuser-only (PGC_SUSET).
@@ -115,6 +118,16 @@ pub fn register() {
         600_000,
         GucContext::Userset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.requests_in_flight",
+        c"Most SQS requests one backend or worker keeps in flight at once (receives, and deletes after commit).",
+        c"",
+        &REQUESTS_IN_FLIGHT,
+        1,
+        MAX_IN_FLIGHT,
+        GucContext::Userset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"sqs_ingest.ledger_retention",
@@ -221,6 +234,7 @@ pub struct FetchSettings {
     pub client: ClientConfig,
     pub wait_seconds: i32,
     pub visibility_timeout: Option<i32>,
+    pub in_flight: usize,
     pub ledger_retention_seconds: i32,
     pub masker: Masker,
     /// Seals the originals of masked values when recovery is on.
@@ -262,10 +276,16 @@ pub fn fetch_settings() -> Result<FetchSettings, SettingsError> {
         },
         wait_seconds: FETCH_WAIT.get(),
         visibility_timeout: (visibility >= 0).then_some(visibility),
+        in_flight: requests_in_flight(),
         ledger_retention_seconds: LEDGER_RETENTION.get(),
         masker: masker(),
         sealer: sealer()?,
     })
+}
+
+/// `sqs_ingest.requests_in_flight` now: deletes after commit read it then, not at fetch time.
+pub fn requests_in_flight() -> usize {
+    REQUESTS_IN_FLIGHT.get() as usize
 }
 
 /// The recovery sealer, or None when `sqs_ingest.recovery_key` is empty.

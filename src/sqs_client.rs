@@ -218,6 +218,29 @@ fn timed_out(config: &ClientConfig, limit: Duration) -> SqsError {
     }
 }
 
+/// Most messages one ReceiveMessage or DeleteMessageBatch takes.
+pub const BATCH: usize = 10;
+
+/// ReceiveMessage requests for `max` messages in all, ten per request and at most `in_flight`
+/// of them at once: what they bring together. One failure fails them all; what the others
+/// received then comes back after its visibility timeout.
+pub async fn receive_many(
+    config: &ClientConfig,
+    queue_url: &str,
+    max: usize,
+    in_flight: usize,
+    wait_seconds: i32,
+    visibility_timeout: Option<i32>,
+) -> Result<Vec<Received>, SqsError> {
+    let requests = max.div_ceil(BATCH).clamp(1, in_flight.max(1));
+    let sizes = (0..requests).map(|i| (max - i * BATCH).min(BATCH) as i32);
+    let batches = futures_util::future::try_join_all(
+        sizes.map(|n| receive(config, queue_url, n, wait_seconds, visibility_timeout)),
+    )
+    .await?;
+    Ok(batches.concat())
+}
+
 /// One ReceiveMessage of up to `max` (1..=10) messages.
 pub async fn receive(
     config: &ClientConfig,
@@ -259,8 +282,51 @@ pub async fn receive(
         .collect())
 }
 
+/// What deleting a set of messages came to.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    /// Entries SQS answered for but refused (a stale receipt handle).
+    pub refused: usize,
+    /// Entries never answered for, because a request failed and the rest were not sent.
+    pub unconfirmed: usize,
+    /// The failure that stopped it.
+    pub error: Option<SqsError>,
+}
+
+/// Deletes `handles` in DeleteMessageBatch requests of ten, `in_flight` at once; stops sending
+/// at the first request that fails, since the rest would only wait for the same fault.
+pub async fn delete_many(config: &ClientConfig, queue_url: &str, handles: &[String], in_flight: usize) -> Deleted {
+    use futures_util::stream::{self, StreamExt};
+    let mut requests = stream::iter(handles.chunks(BATCH))
+        .map(|batch| async move { (batch.len(), delete_batch(config, queue_url, batch).await) })
+        .buffer_unordered(in_flight.max(1));
+    let mut out = Deleted::default();
+    let mut answered = 0;
+    while let Some((sent, result)) = requests.next().await {
+        match result {
+            Ok(refused) => {
+                answered += sent;
+                out.refused += refused;
+            }
+            Err(e) => {
+                out.error = Some(e);
+                break;
+            }
+        }
+    }
+    out.unconfirmed = handles.len() - answered;
+    out
+}
+
+/// The longest delete_many can take: each request is bounded by the request timeout, and
+/// `in_flight` of them run at once.
+pub fn delete_many_limit(config: &ClientConfig, handles: usize, in_flight: usize) -> Duration {
+    let waves = handles.div_ceil(BATCH).div_ceil(in_flight.max(1)).max(1) as u32;
+    config.request_timeout * waves + Duration::from_secs(1)
+}
+
 /// DeleteMessageBatch of up to 10 receipt handles; returns how many entries SQS refused.
-pub async fn delete_batch(
+async fn delete_batch(
     config: &ClientConfig,
     queue_url: &str,
     handles: &[String],

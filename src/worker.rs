@@ -11,8 +11,6 @@ use pgrx::{FromDatum, IntoDatum};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-/// SQS returns at most ten messages per ReceiveMessage.
-const RECEIVE_BATCH: i32 = 10;
 /// How often a disabled worker looks at its settings again (a reload wakes it at once).
 const DISABLED_RECHECK: Duration = Duration::from_secs(10);
 
@@ -34,8 +32,9 @@ pub fn register() {
 
 /// What one round of the loop came to.
 enum Round {
-    /// A poll that came back empty, or a batch stored and committed.
-    Done,
+    /// A poll that came back empty, or a batch stored and committed; `full` when it brought
+    /// all it asked for, so that more are likely waiting.
+    Done { full: bool },
     /// Nothing to do until something changes (the extension is not created yet).
     Waiting(Problem),
     Failed(Problem),
@@ -80,6 +79,7 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
 
     let mut pause = Duration::ZERO;
     let mut trouble: Option<String> = None;
+    let mut backlog = false;
     while !shutdown_requested() {
         reload_if_asked();
         if !WORKER_ENABLED.get() {
@@ -87,9 +87,11 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
             wait(DISABLED_RECHECK);
             continue;
         }
-        match round(index) {
+        let this = round(index, backlog);
+        backlog = matches!(this, Round::Done { full: true });
+        match this {
             Round::Stop => break,
-            Round::Done => {
+            Round::Done { .. } => {
                 if trouble.take().is_some() {
                     log!("sqs_ingest worker {index}: ingesting again");
                 }
@@ -121,7 +123,7 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) }
 }
 
-fn round(index: usize) -> Round {
+fn round(index: usize, backlog: bool) -> Round {
     let settings = match settings::fetch_settings() {
         Ok(s) => s,
         Err(e) => return Round::Failed(Problem::new(e.to_string())),
@@ -137,11 +139,19 @@ fn round(index: usize) -> Round {
         s.state = State::Polling;
         s.last_poll = Some(status::now());
     });
-    let receive = sqs_client::receive(
+    // An idle queue costs one long poll per worker_wait. A full round means a backlog: the
+    // next round sends requests_in_flight short polls at once, all into one transaction.
+    let (max, in_flight, wait_seconds) = if backlog {
+        (sqs_client::BATCH * settings.in_flight, settings.in_flight, 0)
+    } else {
+        (sqs_client::BATCH, 1, WORKER_WAIT.get())
+    };
+    let receive = sqs_client::receive_many(
         &settings.client,
         &settings.queue_url,
-        RECEIVE_BATCH,
-        WORKER_WAIT.get(),
+        max,
+        in_flight,
+        wait_seconds,
         settings.visibility_timeout,
     );
     let received = match sqs_client::run(receive, keep_waiting) {
@@ -149,13 +159,14 @@ fn round(index: usize) -> Round {
         Some(Err(e)) => return Round::Failed(Problem::from(e)),
         Some(Ok(received)) => received,
     };
+    let full = received.len() == max;
     if received.is_empty() {
         status::update(index, |s| {
             s.state = State::Idle;
             s.last_success = Some(status::now());
             s.set_error(None);
         });
-        return Round::Done;
+        return Round::Done { full: false };
     }
     status::update(index, |s| s.state = State::Ingesting);
     let stored = in_transaction(AssertUnwindSafe(|| {
@@ -172,7 +183,7 @@ fn round(index: usize) -> Round {
                 s.duplicates += stored.duplicates as i64;
                 s.set_error(None);
             });
-            Round::Done
+            Round::Done { full }
         }
         Err(e) => Round::Failed(Problem::new(e)),
     }

@@ -7,10 +7,6 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
-use std::time::Duration;
-
-/// Most receipt handles one DeleteMessageBatch takes.
-const DELETE_BATCH: usize = 10;
 
 struct Pending {
     subxact: pg_sys::SubTransactionId,
@@ -88,32 +84,26 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
-/// Deletes in batches of ten; stops at the first batch that cannot reach SQS, since the rest
-/// would only wait for the same timeout. What is not deleted comes back after the visibility
-/// timeout, and the ledger turns it into a no-op.
+/// Deletes each entry's messages, several requests at once. What is not deleted comes back
+/// after the visibility timeout, and the ledger turns it into a no-op.
 fn delete_all(pending: Vec<Pending>) {
+    let in_flight = crate::settings::requests_in_flight();
     for Pending { client, queue_url, handles, .. } in pending {
-        let limit = client.request_timeout + Duration::from_secs(1);
-        let mut refused = 0usize;
-        for (i, batch) in handles.chunks(DELETE_BATCH).enumerate() {
-            let done = sqs_client::run_with_deadline(
-                sqs_client::delete_batch(&client, &queue_url, batch),
-                limit,
-            );
-            let error = match done {
-                Some(Ok(failed)) => {
-                    refused += failed;
-                    continue;
-                }
-                Some(Err(e)) => e.to_string(),
-                None => format!("no answer within {} ms", limit.as_millis()),
-            };
-            let left = handles.len() - i * DELETE_BATCH;
-            warning!("sqs_ingest: could not delete {left} of {} committed messages from {queue_url}: {error}; they will be redelivered and skipped", handles.len());
-            break;
+        let limit = sqs_client::delete_many_limit(&client, handles.len(), in_flight);
+        let done = sqs_client::run_with_deadline(sqs_client::delete_many(&client, &queue_url, &handles, in_flight), limit);
+        let total = handles.len();
+        let deleted = match done {
+            Some(deleted) => deleted,
+            None => {
+                warning!("sqs_ingest: could not confirm the deletion of {total} committed messages from {queue_url} within {} ms; they will be redelivered and skipped", limit.as_millis());
+                continue;
+            }
+        };
+        if let Some(error) = deleted.error {
+            warning!("sqs_ingest: could not delete {} of {total} committed messages from {queue_url}: {error}; they will be redelivered and skipped", deleted.unconfirmed);
         }
-        if refused > 0 {
-            warning!("sqs_ingest: SQS refused to delete {refused} of {} committed messages from {queue_url}; they will be redelivered and skipped", handles.len());
+        if deleted.refused > 0 {
+            warning!("sqs_ingest: SQS refused to delete {} of {total} committed messages from {queue_url}; they will be redelivered and skipped", deleted.refused);
         }
     }
 }

@@ -1,8 +1,9 @@
-//! A real SQS emulator process (moto's server) on loopback, and a client to fill and inspect queues.
+//! A real SQS emulator process on loopback (moto; LocalStack for the benchmark), and a client to fill and inspect queues.
 use crate::{free_port, venv, wait_until};
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -34,6 +35,7 @@ extern "C" fn stop_shared() {
 }
 
 impl Emulator {
+    /// moto's server, from the venv scripts/setup.sh makes.
     pub fn start() -> Emulator {
         let port = free_port();
         let process = Command::new(venv().join("bin/moto_server"))
@@ -42,9 +44,32 @@ impl Emulator {
             .stderr(Stdio::null())
             .spawn()
             .expect("moto_server (run scripts/setup.sh first)");
-        wait_until("moto to listen", Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        Emulator::listening(process, port, Duration::from_secs(30))
+    }
+
+    /// LocalStack's SQS, run without Docker from the Python venv at `venv` (bench/setup.sh makes
+    /// it); its log goes to `log`. Queue URLs name the host they were asked on, as moto's do.
+    pub fn localstack(venv: &Path, log: &Path) -> Emulator {
+        let port = free_port();
+        let data = std::env::temp_dir().join(format!("localstack-{}", std::process::id()));
+        let log = std::fs::File::create(log).expect("LocalStack's log file");
+        let process = Command::new(venv.join("bin/python"))
+            .args(["-m", "localstack.runtime.main"])
+            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SERVICES", "sqs")
+            .env("SQS_ENDPOINT_STRATEGY", "dynamic")
+            .env("LOCALSTACK_VOLUME_DIR", &data)
+            .env("DNS_ADDRESS", "0")
+            .env("SKIP_SSL_CERT_DOWNLOAD", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("LocalStack (run bench/setup.sh first)");
+        Emulator::listening(process, port, Duration::from_secs(120))
+    }
+
+    fn listening(process: Child, port: u16, limit: Duration) -> Emulator {
+        wait_until("the emulator to listen", limit, || TcpStream::connect(("127.0.0.1", port)).is_ok());
         let endpoint = format!("http://127.0.0.1:{port}");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = runtime.block_on(async {
@@ -56,7 +81,12 @@ impl Emulator {
             ));
             Client::new(&loader.load().await)
         });
-        Emulator { endpoint, port, process: Mutex::new(process), client, runtime }
+        let emulator = Emulator { endpoint, port, process: Mutex::new(process), client, runtime };
+        // Listening is not serving: LocalStack binds its port before SQS is loaded.
+        wait_until("the emulator to serve SQS", limit, || {
+            emulator.runtime.block_on(emulator.client.list_queues().send()).is_ok()
+        });
+        emulator
     }
 
     /// One emulator for all tests of a test binary, killed when the binary exits.

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The benchmark, in one command: installs what is missing, builds and installs the extension
+# (release), then runs bench/ against its own cluster and LocalStack and prints the table.
+# Arguments go to the bench binary: --messages N (default 5000), --rounds R (5), --rss N (100000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+bash bench/setup.sh
+echo "==> cargo pgrx install --release"
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+echo "==> cargo build --release -p sqs_ingest_bench"
+cargo build -q --release -p sqs_ingest_bench
+"$CARGO_TARGET_DIR/release/sqs_ingest_bench" "$@"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the benchmark needs beyond scripts/setup.sh: a venv with boto3 and psycopg2 for
+# the reference pipeline, and LocalStack (its SQS, run without Docker) in a venv of its own.
+# LocalStack 4.4 needs Python 3.11 or later; its dependencies are resolved as of its release
+# (uv --exclude-newer), since later releases of some of them no longer fit it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+bash scripts/setup.sh
+
+BENCH_PACKAGES=("boto3==1.*" "psycopg2-binary==2.9.*" "uv==0.11.*")
+LOCALSTACK="localstack-core[runtime]==4.4.0"
+LOCALSTACK_AS_OF=2025-06-01
+
+venv_with "$SQS_INGEST_BENCH_VENV" "${BENCH_PACKAGES[@]}"
+
+stamp="$SQS_INGEST_LOCALSTACK_VENV/.packages"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$LOCALSTACK $LOCALSTACK_AS_OF" ]; then
+  echo "==> LocalStack ($LOCALSTACK, dependencies as of $LOCALSTACK_AS_OF) in $SQS_INGEST_LOCALSTACK_VENV"
+  rm -rf "$SQS_INGEST_LOCALSTACK_VENV"
+  "$SQS_INGEST_BENCH_VENV/bin/uv" venv -q -p "$(command -v python3)" "$SQS_INGEST_LOCALSTACK_VENV"
+  VIRTUAL_ENV="$SQS_INGEST_LOCALSTACK_VENV" "$SQS_INGEST_BENCH_VENV/bin/uv" pip install -q \
+    --exclude-newer "$LOCALSTACK_AS_OF" "$LOCALSTACK"
+  echo "$LOCALSTACK $LOCALSTACK_AS_OF" > "$stamp"
+fi

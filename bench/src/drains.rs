@@ -1,0 +1,121 @@
+//! P2-P4: the same N-message queue drained four ways, alternated round by round: the emulator's
+//! limit, the Python pipeline, fetch_login_queue in a loop, and the worker; with the CPU time
+//! each spends inside Postgres (and in Python) per 1,000 messages.
+use crate::stats::{cpu_seconds, median};
+use crate::{Bench, Row, PII_KEY};
+use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::logins::valid;
+use sqs_ingest_it::{count, fetch, wait_until};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Messages per second, and CPU seconds per 1,000 messages where there is a pipeline to charge.
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    cpu_per_1000: f64,
+}
+
+const MODES: [&str; 4] = ["limit", "python", "fetch", "worker"];
+
+pub fn run(b: &Bench) -> Vec<Row> {
+    let n = b.args.messages;
+    let mut runs: Vec<[Run; 4]> = Vec::new();
+    for round in 0..b.args.rounds {
+        let mut this = [Run { rate: 0.0, cpu_per_1000: 0.0 }; 4];
+        for (m, mode) in MODES.iter().enumerate() {
+            b.reset();
+            // The first fetch of a session builds its client: paid before the clock starts,
+            // as Python's imports and connections are.
+            let mut db = b.cluster.connect("postgres");
+            fetch(&mut db, 1);
+            b.sqs.fill(&b.queue_url, &valid(n, (round * 10 + m + 1) as u64));
+            b.sqs.wait_visible(&b.queue_url, n);
+            let (seconds, cpu) = match *mode {
+                "limit" => (b.sqs.drain_at_the_limit(&b.queue_url, n).as_secs_f64(), 0.0),
+                "python" => python(b, n),
+                "fetch" => fetch_loop(&mut db, n),
+                _ => worker(b, &mut db, n),
+            };
+            if *mode != "limit" {
+                assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), n as i64, "{mode}: every message a row");
+            }
+            this[m] = Run { rate: n as f64 / seconds, cpu_per_1000: cpu * 1000.0 / n as f64 };
+            println!("round {}: {mode:>6}: {n} messages in {seconds:.2} s, {:.0}/s, CPU {:.3} s per 1,000", round + 1, this[m].rate, this[m].cpu_per_1000);
+        }
+        runs.push(this);
+    }
+    let rate = |m: usize| median(runs.iter().map(|r| r[m].rate).collect());
+    let ratio = |a: usize, over: usize, f: fn(&Run) -> f64| median(runs.iter().map(|r| f(&r[a]) / f(&r[over])).collect());
+    let by_rate = |r: &Run| r.rate;
+    let by_cpu = |r: &Run| r.cpu_per_1000;
+    let (limit, py, fe, wo) = (0, 1, 2, 3);
+    let mut rows = vec![Row {
+        id: "P2",
+        what: format!("drain rate, {n} messages, median of {} (limit / Python / fetch loop / worker)", b.args.rounds),
+        figure: format!("{:.0} / {:.0} / {:.0} / {:.0} msg/s", rate(limit), rate(py), rate(fe), rate(wo)),
+        goal: "",
+        met: None,
+    }];
+    for (m, name) in [(fe, "fetch_login_queue loop"), (wo, "worker")] {
+        let x = ratio(m, py, by_rate);
+        rows.push(Row { id: "P2", what: format!("{name} vs the Python pipeline"), figure: format!("{x:.2}x"), goal: ">= 2x", met: Some(x >= 2.0) });
+    }
+    for (m, name) in [(fe, "fetch_login_queue loop"), (wo, "worker")] {
+        let x = ratio(m, limit, by_rate);
+        rows.push(Row { id: "P3", what: format!("{name} vs the emulator's limit"), figure: format!("{x:.2}x"), goal: ">= 0.9x", met: Some(x >= 0.9) });
+    }
+    for (m, name) in [(fe, "fetch_login_queue backend"), (wo, "worker")] {
+        let x = ratio(m, py, by_cpu);
+        let figure = format!("{:.3} s vs {:.3} s per 1,000 = {x:.2}x", median(runs.iter().map(|r| r[m].cpu_per_1000).collect()), median(runs.iter().map(|r| r[py].cpu_per_1000).collect()));
+        rows.push(Row { id: "P4", what: format!("CPU, {name} vs Python + its backend"), figure, goal: "<= 0.1x", met: Some(x <= 0.1) });
+    }
+    rows
+}
+
+/// bench/reference_pipeline.py, timed and charged by itself from after its imports.
+fn python(b: &Bench, n: usize) -> (f64, f64) {
+    let venv = PathBuf::from(std::env::var("SQS_INGEST_BENCH_VENV").expect("run bench/run.sh"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference_pipeline.py");
+    let out = Command::new(venv.join("bin/python"))
+        .arg(script)
+        .args([&b.queue_url, &b.cluster.url("postgres"), &n.to_string()])
+        .envs(AWS_ENV)
+        .env("PII_KEY", PII_KEY)
+        .output()
+        .expect("the reference pipeline");
+    assert!(out.status.success(), "reference pipeline: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("its JSON line");
+    let get = |k: &str| report[k].as_f64().unwrap_or_else(|| panic!("{k} in {report}"));
+    (get("seconds"), get("cpu") + get("backend_cpu"))
+}
+
+fn backend_pid(db: &mut postgres::Client) -> i32 {
+    db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0)
+}
+
+/// `SELECT fetch_login_queue(1000)` until n rows, in one session.
+fn fetch_loop(db: &mut postgres::Client, n: usize) -> (f64, f64) {
+    let pid = backend_pid(db);
+    let (cpu0, start) = (cpu_seconds(pid), Instant::now());
+    let mut rows = 0;
+    while rows < n {
+        rows += fetch(db, 1000) as usize;
+        assert!(start.elapsed() < Duration::from_secs(900), "fetch loop stalled at {rows}");
+    }
+    (start.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0)
+}
+
+/// The worker switched on until n rows are there; its own CPU.
+fn worker(b: &Bench, db: &mut postgres::Client, n: usize) -> (f64, f64) {
+    let pids = b.cluster.worker_pids();
+    let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+    let (cpu0, start) = (cpu(&pids), Instant::now());
+    b.workers(true);
+    wait_until("the worker's rows", Duration::from_secs(900), || count(db, "SELECT count(*) FROM user_logins") as usize >= n);
+    let seconds = start.elapsed().as_secs_f64();
+    let spent = cpu(&pids) - cpu0;
+    b.workers(false);
+    (seconds, spent)
+}
