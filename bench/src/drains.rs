@@ -4,7 +4,6 @@
 use crate::stats::{cpu_seconds, median};
 use crate::{Bench, Row, PII_KEY};
 use sqs_ingest_it::emulator::AWS_ENV;
-use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::{count, fetch, wait_until};
 use std::path::PathBuf;
 use std::process::Command;
@@ -30,10 +29,9 @@ pub fn run(b: &Bench) -> Vec<Row> {
             // as Python's imports and connections are.
             let mut db = b.cluster.connect("postgres");
             fetch(&mut db, 1);
-            b.sqs.fill(&b.queue_url, &valid(n, (round * 10 + m + 1) as u64));
-            b.sqs.wait_visible(&b.queue_url, n);
+            b.load(n, (round * 10 + m + 1) as u64);
             let (seconds, cpu) = match *mode {
-                "limit" => (b.sqs.drain_at_the_limit(&b.queue_url, n).as_secs_f64(), 0.0),
+                "limit" => (b.sqs.drain_at_the_limit(&b.queue.url, n).as_secs_f64(), 0.0),
                 "python" => python(b, n),
                 "fetch" => fetch_loop(&mut db, n),
                 _ => worker(b, &mut db, n),
@@ -80,7 +78,7 @@ fn python(b: &Bench, n: usize) -> (f64, f64) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference_pipeline.py");
     let out = Command::new(venv.join("bin/python"))
         .arg(script)
-        .args([&b.queue_url, &b.cluster.url("postgres"), &n.to_string()])
+        .args([&b.queue.url, &b.cluster.url("postgres"), &n.to_string()])
         .envs(AWS_ENV)
         .env("PII_KEY", PII_KEY)
         .output()
@@ -107,8 +105,8 @@ fn fetch_loop(db: &mut postgres::Client, n: usize) -> (f64, f64) {
     (start.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0)
 }
 
-/// The worker switched on until n rows are there; its own CPU.
-fn worker(b: &Bench, db: &mut postgres::Client, n: usize) -> (f64, f64) {
+/// The worker(s) switched on until n rows are there: seconds, and their CPU seconds.
+pub fn worker(b: &Bench, db: &mut postgres::Client, n: usize) -> (f64, f64) {
     let pids = b.cluster.worker_pids();
     let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
     let (cpu0, start) = (cpu(&pids), Instant::now());

@@ -11,14 +11,12 @@ const SESSIONS: usize = 20;
 
 pub fn send_to_row(b: &Bench) -> Vec<Row> {
     b.reset();
-    // The same queue the drains used: create_queue of an existing name returns it.
-    let queue = b.emulator.queue("bench");
     let mut db = b.cluster.connect("postgres");
     b.workers(true);
     let mut latencies = Vec::new();
     for (i, body) in valid(SENDS, 113).into_iter().enumerate() {
         let sent = Instant::now();
-        queue.send(&[body]);
+        b.queue.send(&[body]);
         // Polls every millisecond: a figure includes up to 1 ms of polling.
         while count(&mut db, "SELECT count(*) FROM user_logins") as usize <= i {
             assert!(sent.elapsed() < Duration::from_secs(30), "message {i} never arrived");

@@ -10,8 +10,9 @@ mod sqs;
 mod stats;
 
 use sqs_ingest_it::emulator::AWS_ENV;
-use sqs_ingest_it::{Cluster, Emulator};
+use sqs_ingest_it::{wait_until, Cluster, Emulator, Queue};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The key both pipelines mask with (HMAC-SHA256), as a keyed deployment would.
 pub const PII_KEY: &str = "bench-key-0123456789abcdef0123456789abcdef";
@@ -71,8 +72,7 @@ impl Row {
 /// What every measure runs against.
 pub struct Bench<'a> {
     pub args: &'a Args,
-    pub emulator: &'a Emulator,
-    pub queue_url: String,
+    pub queue: Queue<'a>,
     pub cluster: Cluster,
     pub sqs: sqs::Sqs,
 }
@@ -85,10 +85,17 @@ impl Bench<'_> {
         db.batch_execute(&format!("ALTER SYSTEM SET sqs_ingest.worker_enabled = {on}")).unwrap();
         db.batch_execute("SELECT pg_reload_conf()").unwrap();
         let disabled = if on { "state <> 'disabled'" } else { "state = 'disabled'" };
-        sqs_ingest_it::wait_until("the workers to switch", std::time::Duration::from_secs(60), || {
+        wait_until("the workers to switch", Duration::from_secs(60), || {
             let sql = format!("SELECT bool_and({disabled}) FROM sqs_ingest.worker_status WHERE pid <> 0");
             db.query_one(sql.as_str(), &[]).unwrap().get::<_, Option<bool>>(0).unwrap_or(false)
         });
+    }
+
+    /// Puts `n` generated logins in the queue and waits until it shows them all, before a drain
+    /// starts its clock.
+    pub fn load(&self, n: usize, seed: u64) {
+        self.sqs.fill(&self.queue.url, &sqs_ingest_it::logins::valid(n, seed));
+        wait_until("the queue to show every message", Duration::from_secs(60), || self.queue.counts().0 as usize >= n);
     }
 
     /// Empties the table and the ledger between runs, so each starts from the same state.
@@ -105,9 +112,9 @@ fn main() {
     let log = std::env::temp_dir().join(format!("sqs_ingest-bench-localstack-{}.log", std::process::id()));
     let venv = PathBuf::from(std::env::var("SQS_INGEST_LOCALSTACK_VENV").expect("run bench/run.sh"));
     let emulator = Emulator::localstack(&venv, &log);
-    let queue_url = emulator.queue("bench").url;
+    let queue = emulator.queue("bench");
     let settings = [
-        format!("sqs_ingest.queue_url = '{queue_url}'"),
+        format!("sqs_ingest.queue_url = '{}'", queue.url),
         format!("sqs_ingest.pii_key = '{PII_KEY}'"),
         "sqs_ingest.worker_enabled = off".to_owned(),
         "sqs_ingest.worker_wait = 20".to_owned(),
@@ -117,7 +124,7 @@ fn main() {
     ];
     let cluster = Cluster::start("bench", &settings, &AWS_ENV);
     cluster.connect("postgres").batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
-    let bench = Bench { args: &args, emulator: &emulator, queue_url, cluster, sqs: sqs::Sqs::new(&emulator.endpoint) };
+    let bench = Bench { args: &args, queue, cluster, sqs: sqs::Sqs::new(&emulator.endpoint) };
     println!("{}", machine());
 
     let sections: [fn(&Bench) -> Vec<Row>; 6] =
@@ -140,11 +147,7 @@ fn machine() -> String {
     let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']));
     let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or(0);
+    let mem_kib = sqs_ingest_it::kib_field(&meminfo, "MemTotal:").unwrap_or(0);
     format!(
         "machine: {} x {}, {:.0} GiB; PostgreSQL 15, LocalStack 4.4 (SQS) on the same machine",
         cores,

@@ -3,9 +3,8 @@
 use crate::stats::median;
 use crate::{Bench, Row};
 use sqs_ingest_it::emulator::AWS_ENV;
-use sqs_ingest_it::logins::valid;
-use sqs_ingest_it::{count, wait_until};
-use std::time::{Duration, Instant};
+use sqs_ingest_it::wait_until;
+use std::time::Duration;
 
 pub fn run(b: &Bench) -> Vec<Row> {
     let n = b.args.messages;
@@ -17,14 +16,9 @@ pub fn run(b: &Bench) -> Vec<Row> {
         let mut rates = Vec::new();
         for round in 0..b.args.rounds {
             b.reset();
-            b.sqs.fill(&b.queue_url, &valid(n, (1000 + 10 * workers + round) as u64));
-            b.sqs.wait_visible(&b.queue_url, n);
-            let mut db = b.cluster.connect("postgres");
-            let start = Instant::now();
-            b.workers(true);
-            wait_until("the workers' rows", Duration::from_secs(900), || count(&mut db, "SELECT count(*) FROM user_logins") as usize >= n);
-            rates.push(n as f64 / start.elapsed().as_secs_f64());
-            b.workers(false);
+            b.load(n, (1000 + 10 * workers + round) as u64);
+            let (seconds, _) = crate::drains::worker(b, &mut b.cluster.connect("postgres"), n);
+            rates.push(n as f64 / seconds);
         }
         let rate = median(rates);
         println!("scaling: {workers} worker(s): {rate:.0} msg/s");

@@ -1,6 +1,6 @@
 //! The benchmark's own SQS client: fills queues fast, and drains them as fast as the emulator
 //! allows (receive and delete only, many requests in flight) to measure its limit.
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,23 +54,6 @@ impl Sqs {
                 done.unwrap();
             }
         });
-    }
-
-    /// Waits until the queue shows `n` messages, before a drain starts its clock.
-    pub fn wait_visible(&self, url: &str, n: usize) {
-        sqs_ingest_it::wait_until("the queue to show every message", Duration::from_secs(60), || self.visible(url) >= n);
-    }
-
-    fn visible(&self, url: &str) -> usize {
-        let request = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages);
-        let out = self.runtime.block_on(request.send()).expect("get_queue_attributes");
-        out.attributes
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse().ok()))
-            .unwrap_or(0)
     }
 
     /// Receives and deletes `n` messages with IN_FLIGHT loops at once, doing nothing else with

@@ -177,7 +177,7 @@ impl Queue<'_> {
     /// slows with the depth of the queue, and a shallow queue is what a consumer that keeps up sees.
     pub fn feed(&self, bodies: &[String]) {
         for chunk in bodies.chunks(200) {
-            crate::wait_until("the queue to drain below 100", std::time::Duration::from_secs(300), || {
+            wait_until("the queue to drain below 100", Duration::from_secs(300), || {
                 let (visible, in_flight) = self.counts();
                 visible + in_flight < 100
             });

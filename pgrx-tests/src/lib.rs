@@ -56,14 +56,13 @@ pub struct Memory {
 
 pub fn memory_kib(pid: i32) -> Memory {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let get = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{key} of pid {pid}"))
-    };
+    let get = |key: &str| kib_field(&status, key).unwrap_or_else(|| panic!("{key} of pid {pid}"));
     Memory { rss: get("VmRSS:"), hwm: get("VmHWM:"), anon: get("RssAnon:") }
+}
+
+/// The value of a `Key:   1234 kB` line of a /proc file such as status or meminfo.
+pub fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
 }
 
 /// Where scripts/setup.sh put the Python venv with moto.
