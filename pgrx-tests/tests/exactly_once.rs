@@ -19,16 +19,24 @@ fn set(db: &mut Client, setting: &str, value: &str) {
 
 #[test]
 fn failed_deletes_after_commit_are_redelivered_and_skipped() {
-    redelivered_after(Deletes::Error, "failed_deletes", "could not delete 20 of 20");
+    redelivered_after(Deletes::Error, "failed_deletes", "could not delete");
 }
 
 #[test]
 fn refused_delete_entries_are_redelivered_and_skipped() {
-    redelivered_after(Deletes::EntriesFailed, "refused_entries", "SQS refused to delete 20 of 20");
+    redelivered_after(Deletes::EntriesFailed, "refused_entries", "SQS refused to delete");
 }
 
-/// 20 messages committed while their deletes fail in `mode`: one WARNING saying `warning`,
-/// then the redeliveries make no second row and are deleted.
+/// The number just before `words` in `text`, if there is one.
+fn number_before(text: &str, words: &str) -> Option<u32> {
+    let head = &text[..text.find(words)?];
+    let digits = head.len() - head.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    head[head.len() - digits..].parse().ok()
+}
+
+/// 20 messages committed while their deletes fail in `mode`: one WARNING saying `warning` for
+/// every receipt, then the redeliveries make no second row and are deleted. SQS may hand one
+/// message to two concurrent receives (moto does), so receipts can outnumber messages.
 fn redelivered_after(mode: Deletes, name: &str, warning: &str) {
     let emulator = Emulator::shared();
     let queue = emulator.queue(name);
@@ -42,14 +50,24 @@ fn redelivered_after(mode: Deletes, name: &str, warning: &str) {
     proxy.deletes(mode);
     assert_eq!(fetch(&mut db, 100), 20, "COMMIT succeeds although no delete does");
     assert!(proxy.refused() >= 1);
-    let warned: Vec<String> = notices.lock().unwrap().iter().filter(|n| n.starts_with("WARNING")).cloned().collect();
+    // The once-per-server warning about a missing pii_key comes first if this test is the
+    // first to ingest in the shared cluster.
+    let warned: Vec<String> =
+        notices.lock().unwrap().iter().filter(|n| n.starts_with("WARNING") && !n.contains("pii_key")).cloned().collect();
     assert_eq!(warned.len(), 1, "{warned:?}");
-    assert!(warned[0].contains(warning), "{warned:?}");
+    let failed = warned[0].strip_prefix("WARNING: sqs_ingest: ").and_then(|w| w.strip_prefix(warning));
+    let receipts = failed.and_then(|w| number_before(w, " of "));
+    assert!(receipts.is_some_and(|n| n >= 20), "{warned:?}");
+    assert!(failed.is_some_and(|w| w.contains(&format!(" of {} committed messages", receipts.unwrap()))), "{warned:?}");
+    notices.lock().unwrap().clear();
 
     proxy.deletes(Deletes::Relayed);
     wait_until("the undeleted messages to come back", WAIT, || queue.counts() == (20, 0));
     assert_eq!(fetch(&mut db, 100), 0, "redeliveries make no second row");
-    assert!(notices.lock().unwrap().iter().any(|n| n.contains("20 already ingested and skipped")));
+    let said = notices.lock().unwrap().clone();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert_eq!(number_before(&said[0], " rows inserted"), Some(0), "{said:?}");
+    assert!(number_before(&said[0], " already ingested and skipped").is_some_and(|n| n >= 20), "{said:?}");
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 20);
     assert_eq!(count(&mut db, "SELECT count(DISTINCT user_id) FROM user_logins"), 20);
     assert_eq!(queue.counts(), (0, 0), "the redelivered messages are deleted this time");
