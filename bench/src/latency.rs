@@ -38,7 +38,7 @@ pub fn first_call(b: &Bench) -> Vec<Row> {
     let timed = |db: &mut postgres::Client| {
         let start = Instant::now();
         fetch(db, 10);
-        start.elapsed().as_secs_f64() * 1000.0
+        ms(start.elapsed())
     };
     let (mut first, mut extra) = (Vec::new(), Vec::new());
     for _ in 0..SESSIONS {

@@ -74,7 +74,7 @@ pub struct Bench<'a> {
     pub args: &'a Args,
     pub queue: Queue<'a>,
     pub cluster: Cluster,
-    pub sqs: sqs::Sqs,
+    pub emulator: &'a Emulator,
 }
 
 impl Bench<'_> {
@@ -94,7 +94,7 @@ impl Bench<'_> {
     /// Puts `n` generated logins in the queue and waits until it shows them all, before a drain
     /// starts its clock.
     pub fn load(&self, n: usize, seed: u64) {
-        self.sqs.fill(&self.queue.url, &sqs_ingest_it::logins::valid(n, seed));
+        self.queue.send_in_flight(&sqs_ingest_it::logins::valid(n, seed), sqs::IN_FLIGHT);
         wait_until("the queue to show every message", Duration::from_secs(60), || self.queue.counts().0 as usize >= n);
     }
 
@@ -124,7 +124,7 @@ fn main() {
     ];
     let cluster = Cluster::start("bench", &settings, &AWS_ENV);
     cluster.connect("postgres").batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
-    let bench = Bench { args: &args, queue, cluster, sqs: sqs::Sqs::new(&emulator.endpoint) };
+    let bench = Bench { args: &args, queue, cluster, emulator: &emulator };
     println!("{}", machine());
 
     let sections: [fn(&Bench) -> Vec<Row>; 6] =
