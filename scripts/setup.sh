@@ -26,10 +26,8 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's postgresql-common creates and starts a "main" cluster; our scripts run their own.
-if command -v pg_lsclusters >/dev/null && pg_lsclusters -h | grep -q '^15 *main'; then
-  pg_dropcluster --stop 15 main || true
-fi
+# Installing postgresql-15 may create and start Debian's "main" cluster. It is left as it is,
+# like any cluster already on this machine: our clusters use their own ports and directories.
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   log "cargo install cargo-pgrx $PGRX_VERSION (about 4 minutes, once)"

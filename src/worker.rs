@@ -244,7 +244,9 @@ fn keep_waiting() -> bool {
 }
 
 /// Sleeps up to `timeout` on the latch, which SIGTERM and SIGHUP set; exits at once if the
-/// postmaster has died.
+/// postmaster has died. Then processes interrupts: cluster-wide operations (DROP DATABASE,
+/// ALTER DATABASE SET TABLESPACE, DROP TABLESPACE) wait until every process has absorbed their
+/// ProcSignalBarrier, which only CHECK_FOR_INTERRUPTS does.
 fn wait(timeout: Duration) {
     let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
     // SAFETY: MyLatch is this process's latch.
@@ -255,4 +257,5 @@ fn wait(timeout: Duration) {
             pg_sys::proc_exit(1);
         }
     }
+    check_for_interrupts!();
 }

@@ -2,6 +2,8 @@
 pub mod endpoint;
 pub mod masking;
 pub mod message;
+pub mod query;
+pub mod received;
 pub mod version;
 pub mod vault;
 pub mod redact;

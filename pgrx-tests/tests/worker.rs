@@ -189,3 +189,41 @@ fn pg_cron_schedule_ingests() {
     });
     assert_eq!(count(&mut db, "SELECT count(*) FROM cron.job_run_details WHERE status = 'failed'"), 0);
 }
+
+/// DROP DATABASE waits until every process has absorbed a ProcSignalBarrier: the worker must
+/// absorb it in every state, not only when it next starts a transaction.
+#[test]
+fn drop_database_is_not_blocked_by_the_worker_in_any_state() {
+    let queue = Emulator::shared().queue("drop_database");
+    let c = Cluster::with_workers(
+        "drop_database",
+        &queue.url,
+        &["sqs_ingest.worker_wait = 20", "sqs_ingest.worker_max_backoff = 30"],
+    );
+    let mut db = c.connect("postgres");
+    wait_until("the worker to back off without the extension", WAIT, || c.log_lines("is not created") == 1);
+    drop_another_database(&mut db, "backing off");
+
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    wait_until("the worker to long-poll", WAIT, || {
+        count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'polling'") == 1
+    });
+    drop_another_database(&mut db, "mid long poll");
+
+    reload(&mut db, "worker_enabled", "off");
+    wait_until("the worker to say it is disabled", WAIT, || {
+        count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'disabled'") == 1
+    });
+    drop_another_database(&mut db, "disabled");
+    assert_eq!(c.worker_pids().len(), 1, "the worker is still there");
+}
+
+fn drop_another_database(db: &mut Client, worker_state: &str) {
+    // A blocked DROP DATABASE waits forever: let it fail instead.
+    db.batch_execute("SET statement_timeout = '10s'; CREATE DATABASE scratch").unwrap();
+    let started = Instant::now();
+    db.batch_execute("DROP DATABASE scratch").unwrap();
+    let took = started.elapsed();
+    eprintln!("DROP DATABASE with the worker {worker_state}: {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(1), "DROP DATABASE with the worker {worker_state} took {took:?}");
+}
