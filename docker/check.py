@@ -3,6 +3,7 @@ the compose files parse and hold the services, ports, health checks and settings
 promises, and the Dockerfile builds with the scripts CI runs and copies paths that
 `cargo pgrx package` really makes (its output directory is the one argument)."""
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,7 +37,9 @@ ls, pg = services.get("localstack", {}), services.get("postgres", {})
 check("localstack uses a pinned official image", re.fullmatch(r"localstack/localstack:\d+\.\d+\.\d+", ls.get("image", "")))
 check("localstack publishes 4566", "4566:4566" in ls.get("ports", []))
 check("localstack mounts the init hook", any("ready.d:/etc/localstack/init/ready.d" in v for v in ls.get("volumes", [])))
-check("localstack health waits for login-queue", "login-queue" in str(ls.get("healthcheck", {}).get("test")))
+health = str(ls.get("healthcheck", {}).get("test"))
+check("localstack health waits for login-queue", "login-queue" in health)
+check("localstack health waits for the init hook to finish", "_localstack/init/ready" in health and "completed" in health)
 check("postgres builds Dockerfile.postgres", pg.get("build", {}).get("dockerfile") == "Dockerfile.postgres")
 env = pg.get("environment", {})
 check("postgres points the worker at LocalStack's queue", env.get("SQS_QUEUE_URL") == QUEUE)
@@ -51,11 +54,18 @@ override = yaml.load((ROOT / "docker-compose.takehome.yml").read_text(), Loader=
 check("take-home override uses the take-home's LocalStack image", override["services"]["localstack"]["image"] == "fetchdocker/data-takehome-localstack")
 mounted = [v.split(":")[0] for v in override["services"]["postgres"]["volumes"]]
 check("take-home override mounts files that exist", all((ROOT / m).exists() for m in mounted if m.startswith("./")))
+data = [v.split(":")[0] for v in override["services"]["postgres"]["volumes"] if v.split(":")[1] == "/var/lib/postgresql/data"]
+check("take-home override keeps its data in a volume of its own", len(data) == 1 and data[0] != "pgdata" and data[0] in override.get("volumes", {}))
 
 dockerfile = (ROOT / "Dockerfile.postgres").read_text()
 froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
 check("both stages are a pinned postgres:15 bookworm", len(froms) == 2 and all(re.fullmatch(r"postgres:15\.\d+-bookworm", f) for f in froms))
 check("the build stage runs CI's own setup script", "bash scripts/setup.sh --build-only" in dockerfile)
+build_stage = dockerfile.split("\nFROM ")[1]
+setup, copy_all = build_stage.find("bash scripts/setup.sh --build-only"), build_stage.find("\nCOPY . .")
+check("the build stage copies the whole filtered context", copy_all > 0 and (ROOT / ".dockerignore").exists())
+check("the toolchain is installed before the sources are copied", 0 < setup < copy_all)
+check("the build stage compiles against the final stage's minor where it can", 'postgresql-server-dev-15=${PG_VERSION}' in build_stage)
 check("the build stage packages with cargo pgrx", "cargo pgrx package" in dockerfile)
 package = Path(sys.argv[1])
 copied = re.findall(r"^COPY --from=build /out/(\S+)", dockerfile, re.M)
@@ -71,6 +81,10 @@ for path in ["docker/initdb.d", "docker/localstack/ready.d"]:
         check(f"{script.name} is executable", script.stat().st_mode & 0o111)
 init = (ROOT / "docker/initdb.d/10-sqs-ingest.sh").read_text()
 check("the init script creates both extensions", "CREATE EXTENSION IF NOT EXISTS sqs_ingest" in init and "CREATE EXTENSION IF NOT EXISTS pg_cron" in init)
+check("the init script restarts before creating pg_cron", 0 < init.find("pg_ctl -D \"$PGDATA\" -m fast -w restart") < init.find("CREATE EXTENSION IF NOT EXISTS pg_cron"))
+for script in ["docker/initdb.d/10-sqs-ingest.sh", "docker/localstack/ready.d/10-login-queue.sh", "scripts/setup.sh", "Dockerfile.postgres"]:
+    attr = subprocess.run(["git", "-C", str(ROOT), "check-attr", "eol", "--", script], capture_output=True, text=True).stdout
+    check(f"{script} is checked out with LF line endings everywhere", attr.strip().endswith("eol: lf"))
 check("the init script takes the queue URL from the environment", "SQS_QUEUE_URL" in init)
 
 for f in failures:

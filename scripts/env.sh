@@ -2,6 +2,7 @@
 export PATH="$HOME/.cargo/bin:$PATH"
 export SQS_INGEST_CACHE=${SQS_INGEST_CACHE:-$HOME/.cache/sqs_ingest}
 export SQS_INGEST_VENV=$SQS_INGEST_CACHE/venv
+export SQS_INGEST_QUERY_VENV=$SQS_INGEST_CACHE/query-venv
 # Outside the clone, so that a fresh clone (CI) reuses what earlier builds compiled.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SQS_INGEST_CACHE/target}
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config

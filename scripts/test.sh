@@ -22,12 +22,16 @@ rm -rf "$pgdata"
 echo "==> install the extension (cargo pgrx install --release)"
 cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 
-echo "==> the Docker files: cargo pgrx package as the image builds it, hadolint, docker/check.py"
+echo "==> the Docker files: the build stage's package step in its own build context, hadolint, docker/check.py"
+# The build context as Docker sends it (.dockerignore) and the WORKDIR as the build stage's COPY
+# lines fill it: a file the image leaves out fails here as it would fail docker build.
+image=$(mktemp -d)
 package=$(mktemp -d)
-cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$package" >/dev/null
+workdir=$("$SQS_INGEST_VENV/bin/python" docker/build_context.py "$image")
+(cd "$workdir" && cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$package" >/dev/null)
 "$SQS_INGEST_VENV/bin/hadolint" --failure-threshold error Dockerfile.postgres
 "$SQS_INGEST_VENV/bin/python" docker/check.py "$package"
-rm -rf "$package"
+rm -rf "$package" "$image"
 
 echo "==> integration tests (cargo test -p sqs_ingest_it)"
 # The clusters' logs go to a directory of this run's own, for the log scan after the suite.

@@ -2,7 +2,6 @@
 use crate::ingest::IngestError;
 use crate::recovery::RecoveryError;
 use crate::settings::SettingsError;
-use crate::sqs_client::SqsError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
@@ -22,7 +21,7 @@ pub fn warn_unkeyed() {
     .report(PgLogLevel::WARNING);
 }
 
-fn report(code: PgSqlErrorCode, message: String, hint: &str) -> ErrorReport {
+pub fn report(code: PgSqlErrorCode, message: String, hint: &str) -> ErrorReport {
     ErrorReport::new(code, format!("sqs_ingest: {message}"), "sqs_ingest").set_hint(hint)
 }
 
@@ -38,26 +37,6 @@ impl From<SettingsError> for ErrorReport {
             _ => "Set it to the queue's URL, e.g. https://sqs.us-east-1.amazonaws.com/123456789012/login-queue or http://localhost:4566/000000000000/login-queue.",
         };
         report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), hint)
-    }
-}
-
-impl From<SqsError> for ErrorReport {
-    fn from(e: SqsError) -> Self {
-        let (code, hint) = match e {
-            SqsError::Credentials { .. } => (
-                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-                "Give the server AWS credentials through the standard chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the postmaster's environment, ~/.aws/credentials of the postgres OS user, web identity, or an instance/container role.",
-            ),
-            SqsError::Unreachable { .. } => (
-                PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                "Check that the endpoint is up and sqs_ingest.queue_url / sqs_ingest.endpoint_url point at it. Nothing was received, so nothing is lost.",
-            ),
-            SqsError::Service { .. } => (
-                PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-                "Check that the queue in sqs_ingest.queue_url exists and that the credentials may receive and delete from it.",
-            ),
-        };
-        report(code, e.to_string(), hint)
     }
 }
 

@@ -2,7 +2,7 @@
 //! entries and dead letters in the caller's transaction; deletion waits for COMMIT (xact.rs).
 use crate::errors::raise;
 use crate::settings::{self, FetchSettings};
-use crate::sqs_client::{self, Received};
+use crate::sqs::Received;
 use crate::xact;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -60,21 +60,13 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
     let mut remaining = max;
     let mut total = Stored::default();
     while remaining > 0 {
-        let received = sqs_client::run(
-            sqs_client::receive_many(
-                &settings.client,
-                &settings.queue_url,
-                remaining as usize,
-                settings.in_flight,
-                settings.wait_seconds,
-                settings.visibility_timeout,
-            ),
-            || {
+        let received = settings
+            .queue
+            .receive_blocking(remaining as usize, settings.in_flight, settings.wait_seconds, || {
                 check_for_interrupts!();
                 true
-            },
-        )
-        .expect("only an ERROR stops a backend's request")
+            })
+            .expect("only an ERROR stops a backend's request")
         .unwrap_or_else(|e| raise(e));
         if received.is_empty() {
             break;
@@ -99,7 +91,7 @@ pub fn ingest(target: &Target, settings: &FetchSettings, received: Vec<Received>
     }
     let stored = target.store(&received, &settings.masker, settings.sealer.as_ref());
     let handles = received.into_iter().map(|m| m.receipt_handle).collect();
-    xact::delete_after_commit(&settings.client, &settings.queue_url, handles);
+    xact::delete_after_commit(&settings.queue, handles);
     stored
 }
 

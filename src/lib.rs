@@ -6,7 +6,7 @@ mod ingest;
 mod masking;
 mod recovery;
 mod settings;
-mod sqs_client;
+mod sqs;
 mod status;
 mod worker;
 mod xact;

@@ -1,5 +1,5 @@
 //! The `sqs_ingest.*` settings: their definitions, bounds, and a validated snapshot for one fetch.
-use crate::sqs_client::ClientConfig;
+use crate::sqs::{ClientConfig, Protocol, Queue};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use sqs_ingest_core::endpoint::endpoint_for_queue;
 use sqs_ingest_core::masking::Masker;
@@ -19,6 +19,7 @@ pub static VISIBILITY_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
 pub static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static REQUESTS_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static PROTOCOL: GucSetting<Protocol> = GucSetting::<Protocol>::new(Protocol::Auto);
 pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(LEDGER_RETENTION_DEFAULT);
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -60,6 +61,14 @@ pub fn register() {
         c"AWS region of the queue.",
         c"",
         &REGION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"sqs_ingest.protocol",
+        c"SQS wire protocol: auto, json or query.",
+        c"auto speaks JSON until an endpoint answers in the older Query protocol (LocalStack before 3.0), then Query to it.",
+        &PROTOCOL,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -230,10 +239,8 @@ impl fmt::Display for SettingsError {
 /// Not Debug: it holds the keys.
 #[derive(Clone)]
 pub struct FetchSettings {
-    pub queue_url: String,
-    pub client: ClientConfig,
+    pub queue: Queue,
     pub wait_seconds: i32,
-    pub visibility_timeout: Option<i32>,
     pub in_flight: usize,
     pub ledger_retention_seconds: i32,
     pub masker: Masker,
@@ -267,15 +274,18 @@ pub fn fetch_settings() -> Result<FetchSettings, SettingsError> {
     }
     let visibility = VISIBILITY_TIMEOUT.get();
     Ok(FetchSettings {
-        queue_url,
-        client: ClientConfig {
-            endpoint,
-            region,
-            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS.get() as u64),
-            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS.get() as u64),
+        queue: Queue {
+            config: ClientConfig {
+                endpoint,
+                region,
+                connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS.get() as u64),
+                request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS.get() as u64),
+                protocol: PROTOCOL.get(),
+            },
+            url: queue_url,
+            visibility_timeout: (visibility >= 0).then_some(visibility),
         },
         wait_seconds: FETCH_WAIT.get(),
-        visibility_timeout: (visibility >= 0).then_some(visibility),
         in_flight: requests_in_flight(),
         ledger_retention_seconds: LEDGER_RETENTION.get(),
         masker: masker(),

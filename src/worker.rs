@@ -2,7 +2,7 @@
 //! of its own, through the same code as fetch_login_queue.
 use crate::ingest::{self, IngestError, Target};
 use crate::settings::{self, WORKER_ENABLED, WORKER_MAX_BACKOFF, WORKER_RESTART_INTERVAL, WORKER_WAIT};
-use crate::sqs_client;
+use crate::sqs::{self, SqsError};
 use crate::status::{self, State};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys::panic::CaughtError;
@@ -54,8 +54,8 @@ impl Problem {
     }
 }
 
-impl From<sqs_client::SqsError> for Problem {
-    fn from(e: sqs_client::SqsError) -> Problem {
+impl From<SqsError> for Problem {
+    fn from(e: SqsError) -> Problem {
         Problem { what: e.what(), text: e.to_string() }
     }
 }
@@ -142,19 +142,11 @@ fn round(index: usize, backlog: bool) -> Round {
     // An idle queue costs one long poll per worker_wait. A full round means a backlog: the
     // next round sends requests_in_flight short polls at once, all into one transaction.
     let (max, in_flight, wait_seconds) = if backlog {
-        (sqs_client::BATCH * settings.in_flight, settings.in_flight, 0)
+        (sqs::BATCH * settings.in_flight, settings.in_flight, 0)
     } else {
-        (sqs_client::BATCH, 1, WORKER_WAIT.get())
+        (sqs::BATCH, 1, WORKER_WAIT.get())
     };
-    let receive = sqs_client::receive_many(
-        &settings.client,
-        &settings.queue_url,
-        max,
-        in_flight,
-        wait_seconds,
-        settings.visibility_timeout,
-    );
-    let received = match sqs_client::run(receive, keep_waiting) {
+    let received = match settings.queue.receive_blocking(max, in_flight, wait_seconds, keep_waiting) {
         None => return Round::Stop,
         Some(Err(e)) => return Round::Failed(Problem::from(e)),
         Some(Ok(received)) => received,

@@ -1,7 +1,7 @@
 //! Deletes received messages from SQS only once their transaction commits: savepoints that
 //! roll back keep their messages in the queue, and PREPARE TRANSACTION is refused.
 use crate::errors::raise;
-use crate::sqs_client::{self, ClientConfig};
+use crate::sqs::{self, Queue};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -10,8 +10,7 @@ use std::ffi::c_void;
 
 struct Pending {
     subxact: pg_sys::SubTransactionId,
-    client: ClientConfig,
-    queue_url: String,
+    queue: Queue,
     handles: Vec<String>,
 }
 
@@ -21,7 +20,7 @@ thread_local! {
 }
 
 /// Queues `handles` for deletion when the current (sub)transaction's top level commits.
-pub fn delete_after_commit(client: &ClientConfig, queue_url: &str, handles: Vec<String>) {
+pub fn delete_after_commit(queue: &Queue, handles: Vec<String>) {
     if handles.is_empty() {
         return;
     }
@@ -36,10 +35,8 @@ pub fn delete_after_commit(client: &ClientConfig, queue_url: &str, handles: Vec<
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with_borrow_mut(|pending| match pending.last_mut() {
         // One entry per (subtransaction, queue), so that a failure is reported once per commit.
-        Some(last) if last.subxact == subxact && last.client == *client && last.queue_url == queue_url => {
-            last.handles.extend(handles)
-        }
-        _ => pending.push(Pending { subxact, client: client.clone(), queue_url: queue_url.to_owned(), handles }),
+        Some(last) if last.subxact == subxact && last.queue == *queue => last.handles.extend(handles),
+        _ => pending.push(Pending { subxact, queue: queue.clone(), handles }),
     });
 }
 
@@ -88,9 +85,10 @@ unsafe extern "C-unwind" fn on_subxact(
 /// after the visibility timeout, and the ledger turns it into a no-op.
 fn delete_all(pending: Vec<Pending>) {
     let in_flight = crate::settings::requests_in_flight();
-    for Pending { client, queue_url, handles, .. } in pending {
-        let limit = sqs_client::delete_many_limit(&client, handles.len(), in_flight);
-        let done = sqs_client::run_with_deadline(sqs_client::delete_many(&client, &queue_url, &handles, in_flight), limit);
+    for Pending { queue, handles, .. } in pending {
+        let queue_url = &queue.url;
+        let limit = queue.delete_many_limit(handles.len(), in_flight);
+        let done = sqs::run_with_deadline(queue.delete_many(&handles, in_flight), limit);
         let total = handles.len();
         let deleted = match done {
             Some(deleted) => deleted,

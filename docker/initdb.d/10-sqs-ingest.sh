@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs once, when the data directory is created: settings from the environment, then the
-# extensions. Nothing secret is baked into the image: keys come from the container's environment.
+# Runs once, when the data directory is created: settings from the environment, a restart of
+# the entrypoint's temporary server so that they take effect (pg_cron can only be created in the
+# database cron.database_name names at server start), then the extensions in $POSTGRES_DB.
+# Nothing secret is baked into the image: keys come from the container's environment.
 set -euo pipefail
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
      -v queue_url="${SQS_QUEUE_URL:-http://localstack:4566/000000000000/login-queue}" \
@@ -14,10 +16,15 @@ ALTER SYSTEM SET sqs_ingest.database = :'database';
 ALTER SYSTEM SET cron.database_name = :'database';
 -- pg_cron's jobs connect over the Unix socket this script uses, which the image trusts.
 ALTER SYSTEM SET cron.host = :'socket_dir';
-CREATE EXTENSION IF NOT EXISTS sqs_ingest;
-CREATE EXTENSION IF NOT EXISTS pg_cron;
 SQL
 if [ -n "${SQS_INGEST_PII_KEY:-}" ]; then
   psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
        -v key="$SQS_INGEST_PII_KEY" <<<"ALTER SYSTEM SET sqs_ingest.pii_key = :'key'"
 fi
+# pg_ctl restart starts the server again with the options it was started with (postmaster.opts):
+# the entrypoint's temporary server stays local-only.
+pg_ctl -D "$PGDATA" -m fast -w restart
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" <<'SQL'
+CREATE EXTENSION IF NOT EXISTS sqs_ingest;
+CREATE EXTENSION IF NOT EXISTS pg_cron;
+SQL

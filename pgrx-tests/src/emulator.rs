@@ -1,5 +1,6 @@
-//! A real SQS emulator process on loopback (moto; LocalStack for the benchmark), and a client to fill and inspect queues.
-use crate::{free_port, venv, wait_until};
+//! A real SQS emulator process on loopback (moto; moto 4.1, which speaks only the Query protocol;
+//! LocalStack for the benchmark), and a client to fill and inspect queues.
+use crate::{free_port, query_venv, venv, wait_until};
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 use std::net::TcpStream;
@@ -22,29 +23,51 @@ pub struct Emulator {
     pub endpoint: String,
     pub port: u16,
     process: Mutex<Child>,
-    client: Client,
+    /// The SDK's client; None for a Query-only emulator, which query_admin.py fills instead.
+    client: Option<Client>,
     runtime: Runtime,
 }
 
 static SHARED: OnceLock<Emulator> = OnceLock::new();
+static SHARED_QUERY_ONLY: OnceLock<Emulator> = OnceLock::new();
 
 extern "C" fn stop_shared() {
-    if let Some(e) = SHARED.get() {
+    for e in [SHARED.get(), SHARED_QUERY_ONLY.get()].into_iter().flatten() {
         e.stop();
     }
+}
+
+/// The emulator in `slot`, started on first use and killed when the test binary exits.
+fn shared_in(slot: &'static OnceLock<Emulator>, start: fn() -> Emulator) -> &'static Emulator {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function; statics are never dropped.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(stop_shared);
+    });
+    slot.get_or_init(start)
 }
 
 impl Emulator {
     /// moto's server, from the venv scripts/setup.sh makes.
     pub fn start() -> Emulator {
+        Emulator::moto(&venv(), true)
+    }
+
+    /// moto 4.1's server, which speaks only the SQS Query protocol, like the take-home's
+    /// LocalStack image.
+    pub fn query_only() -> Emulator {
+        Emulator::moto(&query_venv(), false)
+    }
+
+    fn moto(venv: &Path, json: bool) -> Emulator {
         let port = free_port();
-        let process = Command::new(venv().join("bin/moto_server"))
+        let process = Command::new(venv.join("bin/moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("moto_server (run scripts/setup.sh first)");
-        Emulator::listening(process, port, Duration::from_secs(30))
+        Emulator::listening(process, port, Duration::from_secs(30), json)
     }
 
     /// LocalStack's SQS, run without Docker from the Python venv at `venv` (bench/setup.sh makes
@@ -65,14 +88,14 @@ impl Emulator {
             .stderr(log)
             .spawn()
             .expect("LocalStack (run bench/setup.sh first)");
-        Emulator::listening(process, port, Duration::from_secs(120))
+        Emulator::listening(process, port, Duration::from_secs(120), true)
     }
 
-    fn listening(process: Child, port: u16, limit: Duration) -> Emulator {
+    fn listening(process: Child, port: u16, limit: Duration, json: bool) -> Emulator {
         wait_until("the emulator to listen", limit, || TcpStream::connect(("127.0.0.1", port)).is_ok());
         let endpoint = format!("http://127.0.0.1:{port}");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let client = runtime.block_on(async {
+        let client = json.then(|| runtime.block_on(async {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .region(aws_config::Region::new("us-east-1"))
                 .endpoint_url(&endpoint);
@@ -80,22 +103,49 @@ impl Emulator {
                 "test", "test", None, None, "sqs_ingest_it",
             ));
             Client::new(&loader.load().await)
-        });
+        }));
         let emulator = Emulator { endpoint, port, process: Mutex::new(process), client, runtime };
         // Listening is not serving: LocalStack binds its port before SQS is loaded.
-        wait_until("the emulator to serve SQS", limit, || {
-            emulator.runtime.block_on(emulator.client.list_queues().send()).is_ok()
+        wait_until("the emulator to serve SQS", limit, || match &emulator.client {
+            Some(client) => emulator.runtime.block_on(client.list_queues().send()).is_ok(),
+            None => emulator.query_admin(&["list"], None).is_ok(),
         });
         emulator
     }
 
+    /// Runs query_admin.py against this emulator; its standard output.
+    fn query_admin(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        use std::io::Write;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("query_admin.py");
+        let mut child = Command::new(query_venv().join("bin/python"))
+            .arg(script)
+            .arg(&self.endpoint)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("query_admin.py {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("an emulator that speaks JSON")
+    }
+
     /// One emulator for all tests of a test binary, killed when the binary exits.
     pub fn shared() -> &'static Emulator {
-        SHARED.get_or_init(|| {
-            // SAFETY: registers a plain function; statics are never dropped.
-            unsafe { libc::atexit(stop_shared) };
-            Emulator::start()
-        })
+        shared_in(&SHARED, Emulator::start)
+    }
+
+    /// One Query-only emulator for all tests of a test binary, killed when the binary exits.
+    pub fn shared_query_only() -> &'static Emulator {
+        shared_in(&SHARED_QUERY_ONLY, Emulator::query_only)
     }
 
     pub fn stop(&self) {
@@ -115,13 +165,17 @@ impl Emulator {
     /// Runs `request` with a client of this emulator, for requests the harness does not make
     /// itself. On the harness's runtime: the client's pooled connections live there.
     pub fn run<F: std::future::Future>(&self, request: impl FnOnce(Client) -> F) -> F::Output {
-        self.runtime.block_on(request(self.client.clone()))
+        self.runtime.block_on(request(self.client().clone()))
     }
 
     /// A new, empty standard queue that takes bodies up to SQS's maximum, 1 MiB.
     pub fn queue(&self, name: &str) -> Queue<'_> {
+        if self.client.is_none() {
+            let url = self.query_admin(&["create", name], None).unwrap();
+            return Queue { emulator: self, url };
+        }
         let create = self
-            .client
+            .client()
             .create_queue()
             .queue_name(name)
             .attributes(QueueAttributeName::MaximumMessageSize, "1048576");
@@ -157,6 +211,11 @@ impl Queue<'_> {
     pub fn send_in_flight(&self, bodies: &[String], in_flight: usize) {
         const MAX_BATCH_BYTES: usize = 1 << 20;
         let e = self.emulator;
+        if e.client.is_none() {
+            let json = serde_json::to_string(bodies).unwrap();
+            e.query_admin(&["send", &self.url], Some(&json)).unwrap();
+            return;
+        }
         e.runtime.block_on(async {
             let mut requests = tokio::task::JoinSet::new();
             let mut start = 0;
@@ -173,7 +232,7 @@ impl Queue<'_> {
                 let entries = (start..end)
                     .map(|i| SendMessageBatchRequestEntry::builder().id(format!("m{i}")).message_body(&bodies[i]).build().unwrap())
                     .collect();
-                let request = e.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries));
+                let request = e.client().send_message_batch().queue_url(&self.url).set_entries(Some(entries));
                 requests.spawn(async move {
                     let out = request.send().await.expect("send_message_batch");
                     assert!(out.failed.is_empty(), "emulator refused messages: {:?}", out.failed);
@@ -198,13 +257,24 @@ impl Queue<'_> {
         }
     }
 
+    /// Sends each record of a JSON array file as one message, its body Python's
+    /// json.dumps(record): as the take-home fills its queue. Query-only emulators.
+    pub fn send_records(&self, file: &Path) {
+        self.emulator.query_admin(&["send-records", &self.url, file.to_str().unwrap()], None).unwrap();
+    }
+
     /// (visible, in flight) messages, as SQS approximates them.
     pub fn counts(&self) -> (u64, u64) {
         let e = self.emulator;
+        if e.client.is_none() {
+            let out = e.query_admin(&["counts", &self.url], None).unwrap();
+            let mut n = out.split(' ').map(|v| v.parse().unwrap());
+            return (n.next().unwrap(), n.next().unwrap());
+        }
         let out = e
             .runtime
             .block_on(
-                e.client
+                e.client()
                     .get_queue_attributes()
                     .queue_url(&self.url)
                     .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)

@@ -67,11 +67,20 @@ pub fn kib_field(text: &str, key: &str) -> Option<u64> {
 
 /// Where scripts/setup.sh put the Python venv with moto.
 pub fn venv() -> std::path::PathBuf {
-    match std::env::var_os("SQS_INGEST_VENV") {
+    venv_at("SQS_INGEST_VENV", "venv")
+}
+
+/// Where scripts/setup.sh put the Python venv with the Query-only moto and boto3 1.26.
+pub fn query_venv() -> std::path::PathBuf {
+    venv_at("SQS_INGEST_QUERY_VENV", "query-venv")
+}
+
+fn venv_at(variable: &str, default: &str) -> std::path::PathBuf {
+    match std::env::var_os(variable) {
         Some(v) => v.into(),
         None => {
             let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-            std::path::Path::new(&home).join(".cache/sqs_ingest/venv")
+            std::path::Path::new(&home).join(".cache/sqs_ingest").join(default)
         }
     }
 }

@@ -75,9 +75,20 @@ fn redelivered_after(mode: Deletes, name: &str, warning: &str) {
 
 #[test]
 fn overlapping_visibility_windows_give_one_row_per_message() {
-    let queue = Emulator::shared().queue("race");
-    let mut first = cluster().database("race");
-    let mut second = cluster().connect("race");
+    race(Emulator::shared(), "race");
+}
+
+#[test]
+fn overlapping_visibility_windows_give_one_row_per_message_in_the_query_protocol() {
+    race(Emulator::shared_query_only(), "race_query");
+}
+
+/// Two sessions receive the same messages, the second once the first outlives their
+/// visibility timeout: the ledger makes the second wait, then skip them.
+fn race(emulator: &Emulator, name: &str) {
+    let queue = emulator.queue(name);
+    let mut first = cluster().database(name);
+    let mut second = cluster().connect(name);
     for db in [&mut first, &mut second] {
         set(db, "queue_url", &queue.url);
         set(db, "visibility_timeout", "1");
@@ -90,7 +101,7 @@ fn overlapping_visibility_windows_give_one_row_per_message() {
     wait_until("the visibility timeout to expire", WAIT, || queue.counts() == (5, 0));
     let second_pid: i32 = second.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let racer = std::thread::spawn(move || fetch(&mut second, 10));
-    let mut watch = cluster().connect("race");
+    let mut watch = cluster().connect(name);
     wait_until("the second session to wait on the ledger", WAIT, || {
         count(
             &mut watch,

@@ -1,0 +1,84 @@
+//! What can go wrong talking to SQS, and how each failure reaches the user: SQLSTATE and HINT.
+use crate::errors::report;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+use std::fmt;
+
+#[derive(Debug)]
+pub enum SqsError {
+    /// No credentials in the AWS default chain.
+    Credentials { detail: String },
+    /// The request did not complete: connection refused, reset, timed out, bad response.
+    Unreachable { target: String, detail: String },
+    /// SQS answered with an error (no such queue, access denied, ...).
+    Service { target: String, code: String, message: String },
+    /// A JSON request was answered with a Query protocol error document: the endpoint speaks
+    /// only the older protocol (LocalStack before 3.0, old moto).
+    QueryOnly { target: String, code: String, message: String },
+}
+
+impl fmt::Display for SqsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SqsError::Credentials { detail } => write!(f, "no AWS credentials found: {detail}"),
+            SqsError::Unreachable { target, detail } => write!(f, "could not reach {target}: {detail}"),
+            SqsError::Service { target, code, message } if message.is_empty() => write!(f, "{target} answered {code}"),
+            SqsError::Service { target, code, message } => write!(f, "{target} answered {code}: {message}"),
+            SqsError::QueryOnly { target, code, message } => write!(
+                f,
+                "{target} does not speak the SQS JSON protocol: it answered a JSON request in the Query protocol with {code}: {message}"
+            ),
+        }
+    }
+}
+
+impl SqsError {
+    /// Which problem this is, without the details that vary between attempts.
+    pub fn what(&self) -> String {
+        match self {
+            SqsError::Credentials { .. } => "no AWS credentials".to_owned(),
+            SqsError::Unreachable { target, .. } => format!("could not reach {target}"),
+            SqsError::Service { target, code, .. } => format!("{target} answered {code}"),
+            SqsError::QueryOnly { target, .. } => format!("{target} speaks only the Query protocol"),
+        }
+    }
+}
+
+impl From<SqsError> for ErrorReport {
+    fn from(e: SqsError) -> Self {
+        let (code, hint) = match e {
+            SqsError::Credentials { .. } => (
+                PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                "Give the server AWS credentials through the standard chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the postmaster's environment, ~/.aws/credentials of the postgres OS user, web identity, or an instance/container role.",
+            ),
+            SqsError::Unreachable { .. } => (
+                PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                "Check that the endpoint is up and sqs_ingest.queue_url / sqs_ingest.endpoint_url point at it. Nothing was received, so nothing is lost.",
+            ),
+            SqsError::Service { .. } => (
+                PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+                "Check that the queue in sqs_ingest.queue_url exists and that the credentials may receive and delete from it.",
+            ),
+            SqsError::QueryOnly { .. } => (
+                PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+                "Let the extension detect the protocol, or name it: ALTER SYSTEM SET sqs_ingest.protocol = 'auto'; (or 'query') SELECT pg_reload_conf();",
+            ),
+        };
+        report(code, e.to_string(), hint)
+    }
+}
+
+/// An error and its sources as one line: "dispatch failure: io error: ... Connection refused".
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}

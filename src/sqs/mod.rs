@@ -1,0 +1,302 @@
+//! The backend's SQS client: a queue value whose requests go out in the protocol its endpoint
+//! speaks (JSON through the SDK, or the older Query protocol), on one leaked current-thread
+//! runtime, driven in short slices so that Postgres interrupts are honoured while waiting.
+mod error;
+mod json;
+mod query;
+
+pub use error::SqsError;
+pub use sqs_ingest_core::received::Received;
+
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::Region;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use pgrx::PostgresGucEnum;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::runtime::Runtime;
+
+/// How long a request runs between two interrupt checks.
+const SLICE: Duration = Duration::from_millis(50);
+/// Instance metadata answers in milliseconds where it exists; elsewhere, fail fast.
+const IMDS_TIMEOUT: Duration = Duration::from_millis(300);
+/// Most messages one ReceiveMessage or DeleteMessageBatch takes.
+pub const BATCH: usize = 10;
+
+/// The wire protocol, `sqs_ingest.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PostgresGucEnum)]
+pub enum Protocol {
+    /// JSON until the endpoint answers in the Query protocol, then Query for good.
+    #[name = c"auto"]
+    Auto,
+    #[name = c"json"]
+    Json,
+    #[name = c"query"]
+    Query,
+}
+
+/// Everything a connection is built from; a change of any of it builds a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub protocol: Protocol,
+}
+
+impl ClientConfig {
+    /// Where requests go, for error messages.
+    pub fn target(&self) -> String {
+        match &self.endpoint {
+            Some(e) => e.clone(),
+            None => format!("SQS in {}", self.region),
+        }
+    }
+}
+
+/// A queue and how to ask it for messages: all that a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    pub config: ClientConfig,
+    pub url: String,
+    /// The visibility timeout asked for received messages; None: the queue's own.
+    pub visibility_timeout: Option<i32>,
+}
+
+impl Queue {
+    /// Receives up to `max` messages, `in_flight` requests of ten at once, calling `between`
+    /// every slice while it waits (see [`run`]). `None`: stopped by `between`.
+    pub fn receive_blocking(
+        &self,
+        max: usize,
+        in_flight: usize,
+        wait_seconds: i32,
+        between: impl FnMut() -> bool,
+    ) -> Option<Result<Vec<Received>, SqsError>> {
+        let received = run(self.receive_many(max, in_flight, wait_seconds), between);
+        // Logged here, on the main thread: no Postgres call may run inside a future.
+        if let Some(target) = DETECTED.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            pgrx::log!("sqs_ingest: {target} speaks only the SQS Query protocol; using it from now on (sqs_ingest.protocol = auto)");
+        }
+        received
+    }
+
+    /// ReceiveMessage requests for `max` messages in all, ten per request and at most
+    /// `in_flight` of them at once: what they bring together. One failure fails them all; what
+    /// the others received then comes back after its visibility timeout.
+    async fn receive_many(&self, max: usize, in_flight: usize, wait_seconds: i32) -> Result<Vec<Received>, SqsError> {
+        let connection = connection(&self.config).await?;
+        let requests = max.div_ceil(BATCH).clamp(1, in_flight.max(1));
+        let sizes = (0..requests).map(|i| (max - i * BATCH).min(BATCH) as i32);
+        let limit = self.config.request_timeout + Duration::from_secs(wait_seconds as u64);
+        let batches = futures_util::future::try_join_all(sizes.map(|n| {
+            let connection = &connection;
+            self.request(connection, limit, move |query| async move {
+                if query {
+                    connection.query().receive(self, n, wait_seconds).await
+                } else {
+                    json::receive(&connection.json, self, n, wait_seconds).await
+                }
+            })
+        }))
+        .await?;
+        Ok(batches.concat())
+    }
+
+    /// Deletes `handles` in DeleteMessageBatch requests of ten, `in_flight` at once; stops
+    /// sending at the first request that fails, since the rest would only wait for the same fault.
+    pub async fn delete_many(&self, handles: &[String], in_flight: usize) -> Deleted {
+        use futures_util::stream::{self, StreamExt};
+        let connection = match connection(&self.config).await {
+            Ok(c) => c,
+            Err(e) => return Deleted { refused: 0, unconfirmed: handles.len(), error: Some(e) },
+        };
+        let limit = self.config.request_timeout;
+        let connection = &connection;
+        let mut requests = stream::iter(handles.chunks(BATCH))
+            .map(|batch| async move {
+                let sent = self.request(connection, limit, move |query| async move {
+                    if query {
+                        connection.query().delete_batch(self, batch).await
+                    } else {
+                        json::delete_batch(&connection.json, self, batch).await
+                    }
+                });
+                (batch.len(), sent.await)
+            })
+            .buffer_unordered(in_flight.max(1));
+        let mut out = Deleted::default();
+        let mut answered = 0;
+        while let Some((sent, result)) = requests.next().await {
+            match result {
+                Ok(refused) => {
+                    answered += sent;
+                    out.refused += refused;
+                }
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
+        }
+        out.unconfirmed = handles.len() - answered;
+        out
+    }
+
+    /// The longest delete_many can take: each request is bounded by the request timeout, and
+    /// `in_flight` of them run at once.
+    pub fn delete_many_limit(&self, handles: usize, in_flight: usize) -> Duration {
+        let waves = handles.div_ceil(BATCH).div_ceil(in_flight.max(1)).max(1) as u32;
+        self.config.request_timeout * waves + Duration::from_secs(1)
+    }
+
+    /// Sends one request, built by `send(query)`, in the protocol the endpoint speaks, within
+    /// `limit`. Under `auto`, an endpoint that answers JSON in the Query protocol is switched to
+    /// Query for the life of the connection and the request is sent again.
+    async fn request<T, F, Fut>(&self, connection: &Connection, limit: Duration, send: F) -> Result<T, SqsError>
+    where
+        F: Fn(bool) -> Fut,
+        Fut: Future<Output = Result<T, SqsError>>,
+    {
+        let within = |request: Fut| async move {
+            tokio::time::timeout(limit, request).await.unwrap_or_else(|_| {
+                Err(SqsError::Unreachable {
+                    target: self.config.target(),
+                    detail: format!("no answer within {} ms", limit.as_millis()),
+                })
+            })
+        };
+        match within(send(connection.speaks_query.load(Ordering::Relaxed))).await {
+            Err(SqsError::QueryOnly { .. }) if self.config.protocol == Protocol::Auto => {
+                if !connection.speaks_query.swap(true, Ordering::Relaxed) {
+                    *DETECTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.config.target());
+                }
+                within(send(true)).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// An endpoint found to speak only Query, not yet logged.
+static DETECTED: Mutex<Option<String>> = Mutex::new(None);
+
+/// What deleting a set of messages came to.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    /// Entries SQS answered for but refused (a stale receipt handle).
+    pub refused: usize,
+    /// Entries never answered for, because a request failed and the rest were not sent.
+    pub unconfirmed: usize,
+    /// The failure that stopped it.
+    pub error: Option<SqsError>,
+}
+
+/// The backend's connection to one endpoint: credentials resolved once, a client per protocol.
+struct Connection {
+    json: aws_sdk_sqs::Client,
+    query: OnceLock<query::Client>,
+    config: ClientConfig,
+    credentials: SharedCredentialsProvider,
+    speaks_query: AtomicBool,
+}
+
+impl Connection {
+    /// The Query client, built on first use: most endpoints never need it.
+    fn query(&self) -> &query::Client {
+        self.query.get_or_init(|| query::Client::new(&self.config, self.credentials.clone()))
+    }
+}
+
+/// The backend's connection for `config`, built (and its credentials resolved) on first use.
+/// A static, not a thread-local, so that nothing of it is dropped at backend exit.
+async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> {
+    static CONNECTION: Mutex<Option<(ClientConfig, Arc<Connection>)>> = Mutex::new(None);
+    if let Some((cached, connection)) = CONNECTION.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if cached == config {
+            return Ok(connection.clone());
+        }
+    }
+    let credentials = credentials(config).await?;
+    let connection = Arc::new(Connection {
+        json: json::client(config, credentials.clone()).await,
+        query: OnceLock::new(),
+        config: config.clone(),
+        credentials,
+        speaks_query: AtomicBool::new(config.protocol == Protocol::Query),
+    });
+    *CONNECTION.lock().unwrap_or_else(|e| e.into_inner()) = Some((config.clone(), connection.clone()));
+    Ok(connection)
+}
+
+/// The AWS default credentials chain, resolved once now so that a missing credential is one
+/// clear error, not a failure per request.
+async fn credentials(config: &ClientConfig) -> Result<SharedCredentialsProvider, SqsError> {
+    let imds = aws_config::imds::Client::builder()
+        .connect_timeout(IMDS_TIMEOUT)
+        .read_timeout(IMDS_TIMEOUT)
+        .max_attempts(1)
+        .build();
+    let chain = DefaultCredentialsChain::builder()
+        .region(Region::new(config.region.clone()))
+        .imds_client(imds)
+        .build()
+        .await;
+    chain
+        .provide_credentials()
+        .await
+        .map_err(|e| SqsError::Credentials { detail: error::causes(&e) })?;
+    Ok(SharedCredentialsProvider::new(chain))
+}
+
+/// Leaked on purpose: a runtime in a TLS slot would be dropped by a FATAL exit and panic.
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<&'static Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let rt = with_signals_blocked(|| tokio::runtime::Builder::new_current_thread().enable_all().build())
+            .expect("a current-thread tokio runtime can always be built");
+        Box::leak(Box::new(rt))
+    })
+}
+
+/// Runs `f` with every signal blocked in the calling thread, so that threads the runtime
+/// creates meanwhile (the DNS pool) inherit a full mask and never take a Postgres signal.
+/// Signals that arrive meanwhile stay pending and are handled once the mask is restored.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain libc signal-mask calls on sigset_t values owned by this frame.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let out = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        out
+    }
+}
+
+/// Drives `fut` to completion, calling `between` every [`SLICE`] while it waits. `between`
+/// is where the caller checks for interrupts: it leaves by unwinding (ereport) or by returning
+/// false; either drops the future and with it the request. `None`: stopped by `between`.
+pub fn run<F: Future>(fut: F, mut between: impl FnMut() -> bool) -> Option<F::Output> {
+    let rt = runtime();
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let slice = with_signals_blocked(|| rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await }));
+        match slice {
+            Ok(out) => return Some(out),
+            Err(_) if between() => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Drives `fut` for at most `limit` without checking interrupts: for callbacks that run
+/// after commit, where an ERROR is not allowed.
+pub fn run_with_deadline<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
+    let rt = runtime();
+    with_signals_blocked(|| rt.block_on(async { tokio::time::timeout(limit, fut).await.ok() }))
+}
