@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh
 
+echo "==> formatting (cargo fmt --check, rustfmt.toml)"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
+
 echo "==> unit tests (cargo test -p sqs_ingest_core)"
 cargo test -p sqs_ingest_core
 

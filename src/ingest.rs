@@ -67,7 +67,7 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> i32 {
                 true
             })
             .expect("only an ERROR stops a backend's request")
-        .unwrap_or_else(|e| raise(e));
+            .unwrap_or_else(|e| raise(e));
         if received.is_empty() {
             break;
         }
@@ -188,9 +188,7 @@ impl Target {
             let mismatch = || IngestError::ColumnType { column: name, found: typname.clone(), expected };
             match (typname.as_str(), kind) {
                 ("date", Kind::Date) => Ok(Ok(None)),
-                ("text" | "varchar" | "bpchar", Kind::Text | Kind::TextOrInteger) => {
-                    Ok(Ok(limit.map(|l| l as usize)))
-                }
+                ("text" | "varchar" | "bpchar", Kind::Text | Kind::TextOrInteger) => Ok(Ok(limit.map(|l| l as usize))),
                 ("int4" | "int8", Kind::TextOrInteger) => Ok(Err(())),
                 _ => Err(mismatch()),
             }

@@ -20,8 +20,7 @@ mod tests {
             Spi::get_one::<String>("SELECT mask_pii('abc')").unwrap().unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let same_as_builtin =
-            "SELECT bool_and(mask_pii(v) = encode(sha256(convert_to(v, 'UTF8')), 'hex')) \
+        let same_as_builtin = "SELECT bool_and(mask_pii(v) = encode(sha256(convert_to(v, 'UTF8')), 'hex')) \
              FROM (VALUES ('1.2.3.4'), (''), ('ünïcode'), ('593-47-5928')) AS t(v)";
         assert_eq!(Spi::get_one::<bool>(same_as_builtin).unwrap(), Some(true));
         assert_eq!(Spi::get_one::<String>("SELECT mask_pii(NULL)").unwrap(), None);

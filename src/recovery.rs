@@ -26,7 +26,9 @@ impl fmt::Display for RecoveryError {
             RecoveryError::NotMasked => f.write_str("reveal_pii takes a masked value: 64 lowercase hexadecimal digits"),
             RecoveryError::Off => f.write_str("PII recovery is off: sqs_ingest.recovery_key is not set"),
             RecoveryError::Sealed(e) => write!(f, "cannot reveal: {e}"),
-            RecoveryError::Unaudited(why) => write!(f, "nothing revealed: the audit row could not be committed ({why})"),
+            RecoveryError::Unaudited(why) => {
+                write!(f, "nothing revealed: the audit row could not be committed ({why})")
+            }
         }
     }
 }

@@ -127,7 +127,6 @@ fn timestamp(ts: Option<pg_sys::TimestampTz>) -> Option<TimestampWithTimeZone> {
     ts.and_then(|t| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) })
 }
 
-
 /// In the schema sqs_ingest, beside the view over it.
 #[pg_schema]
 mod sqs_ingest {

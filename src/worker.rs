@@ -34,7 +34,9 @@ pub fn register() {
 enum Round {
     /// A poll that came back empty, or a batch stored and committed; `full` when it brought
     /// all it asked for, so that more are likely waiting.
-    Done { full: bool },
+    Done {
+        full: bool,
+    },
     /// Nothing to do until something changes (the extension is not created yet).
     Waiting(Problem),
     Failed(Problem),
@@ -243,7 +245,8 @@ fn wait(timeout: Duration) {
     let events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH;
     // SAFETY: MyLatch is this process's latch.
     unsafe {
-        let rc = pg_sys::WaitLatch(pg_sys::MyLatch, events as i32, timeout.as_millis() as i64, pg_sys::PG_WAIT_EXTENSION);
+        let rc =
+            pg_sys::WaitLatch(pg_sys::MyLatch, events as i32, timeout.as_millis() as i64, pg_sys::PG_WAIT_EXTENSION);
         pg_sys::ResetLatch(pg_sys::MyLatch);
         if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
             pg_sys::proc_exit(1);

@@ -74,9 +74,9 @@ unsafe extern "C-unwind" fn on_subxact(
     use pg_sys::SubXactEvent::*;
     match event {
         SUBXACT_EVENT_ABORT_SUB => PENDING.with_borrow_mut(|p| p.retain(|e| e.subxact != subxact)),
-        SUBXACT_EVENT_COMMIT_SUB => PENDING.with_borrow_mut(|p| {
-            p.iter_mut().filter(|e| e.subxact == subxact).for_each(|e| e.subxact = parent)
-        }),
+        SUBXACT_EVENT_COMMIT_SUB => {
+            PENDING.with_borrow_mut(|p| p.iter_mut().filter(|e| e.subxact == subxact).for_each(|e| e.subxact = parent))
+        }
         _ => {}
     }
 }

@@ -40,13 +40,19 @@ pub fn run(b: &Bench) -> Vec<Row> {
                 assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), n as i64, "{mode}: every message a row");
             }
             this[m] = Run { rate: n as f64 / seconds, cpu_per_1000: cpu * 1000.0 / n as f64 };
-            println!("round {}: {mode:>6}: {n} messages in {seconds:.2} s, {:.0}/s, CPU {:.3} s per 1,000", round + 1, this[m].rate, this[m].cpu_per_1000);
+            println!(
+                "round {}: {mode:>6}: {n} messages in {seconds:.2} s, {:.0}/s, CPU {:.3} s per 1,000",
+                round + 1,
+                this[m].rate,
+                this[m].cpu_per_1000
+            );
         }
         runs.push(this);
     }
     let rate = |m: usize| median(runs.iter().map(|r| r[m].rate).collect());
     let cpu = |m: usize| median(runs.iter().map(|r| r[m].cpu_per_1000).collect());
-    let ratio = |a: usize, over: usize, f: fn(&Run) -> f64| median(runs.iter().map(|r| f(&r[a]) / f(&r[over])).collect());
+    let ratio =
+        |a: usize, over: usize, f: fn(&Run) -> f64| median(runs.iter().map(|r| f(&r[a]) / f(&r[over])).collect());
     let by_rate = |r: &Run| r.rate;
     let by_cpu = |r: &Run| r.cpu_per_1000;
     let (limit, py, fe, wo) = (0, 1, 2, 3);
@@ -59,16 +65,34 @@ pub fn run(b: &Bench) -> Vec<Row> {
     }];
     for (m, name) in [(fe, "fetch_login_queue loop"), (wo, "worker")] {
         let x = ratio(m, py, by_rate);
-        rows.push(Row { id: "P2", what: format!("{name} vs the Python pipeline"), figure: format!("{x:.2}x"), goal: ">= 2x", met: Some(x >= 2.0) });
+        rows.push(Row {
+            id: "P2",
+            what: format!("{name} vs the Python pipeline"),
+            figure: format!("{x:.2}x"),
+            goal: ">= 2x",
+            met: Some(x >= 2.0),
+        });
     }
     for (m, name) in [(fe, "fetch_login_queue loop"), (wo, "worker")] {
         let x = ratio(m, limit, by_rate);
-        rows.push(Row { id: "P3", what: format!("{name} vs the emulator's limit"), figure: format!("{x:.2}x"), goal: ">= 0.9x", met: Some(x >= 0.9) });
+        rows.push(Row {
+            id: "P3",
+            what: format!("{name} vs the emulator's limit"),
+            figure: format!("{x:.2}x"),
+            goal: ">= 0.9x",
+            met: Some(x >= 0.9),
+        });
     }
     for (m, name) in [(fe, "fetch_login_queue backend"), (wo, "worker")] {
         let x = ratio(m, py, by_cpu);
         let figure = format!("{:.3} s vs {:.3} s per 1,000 = {x:.2}x", cpu(m), cpu(py));
-        rows.push(Row { id: "P4", what: format!("CPU, {name} vs Python + its backend"), figure, goal: "<= 0.1x", met: Some(x <= 0.1) });
+        rows.push(Row {
+            id: "P4",
+            what: format!("CPU, {name} vs Python + its backend"),
+            figure,
+            goal: "<= 0.1x",
+            met: Some(x <= 0.1),
+        });
     }
     rows
 }
@@ -112,7 +136,9 @@ pub fn worker(b: &Bench, db: &mut postgres::Client, n: usize) -> (f64, f64) {
     let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
     let (cpu0, start) = (cpu(&pids), Instant::now());
     b.workers(true);
-    wait_until("the worker's rows", Duration::from_secs(900), || count(db, "SELECT count(*) FROM user_logins") as usize >= n);
+    wait_until("the worker's rows", Duration::from_secs(900), || {
+        count(db, "SELECT count(*) FROM user_logins") as usize >= n
+    });
     let seconds = start.elapsed().as_secs_f64();
     let spent = cpu(&pids) - cpu0;
     b.workers(false);

@@ -28,8 +28,20 @@ pub fn send_to_row(b: &Bench) -> Vec<Row> {
     latencies.sort();
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     vec![
-        Row { id: "P5", what: format!("send-to-row latency p50, worker, {SENDS} single sends"), figure: format!("{:.1} ms", ms(p50)), goal: "<= 50 ms", met: Some(p50 <= Duration::from_millis(50)) },
-        Row { id: "P5", what: "send-to-row latency p99".to_owned(), figure: format!("{:.1} ms", ms(p99)), goal: "<= 250 ms", met: Some(p99 <= Duration::from_millis(250)) },
+        Row {
+            id: "P5",
+            what: format!("send-to-row latency p50, worker, {SENDS} single sends"),
+            figure: format!("{:.1} ms", ms(p50)),
+            goal: "<= 50 ms",
+            met: Some(p50 <= Duration::from_millis(50)),
+        },
+        Row {
+            id: "P5",
+            what: "send-to-row latency p99".to_owned(),
+            figure: format!("{:.1} ms", ms(p99)),
+            goal: "<= 250 ms",
+            met: Some(p99 <= Duration::from_millis(250)),
+        },
     ]
 }
 

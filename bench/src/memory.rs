@@ -24,7 +24,9 @@ pub fn run(b: &Bench) -> Vec<Row> {
     for (i, step) in valid(total, 509).chunks(STEP).enumerate() {
         b.queue.send_in_flight(step, crate::sqs::IN_FLIGHT);
         let rows = (i * STEP + step.len()) as i64;
-        wait_until("the worker's rows", Duration::from_secs(900), || count(&mut db, "SELECT count(*) FROM user_logins") == rows);
+        wait_until("the worker's rows", Duration::from_secs(900), || {
+            count(&mut db, "SELECT count(*) FROM user_logins") == rows
+        });
         last = memory_kib(pid);
         println!("| {rows} | {} | {} | {} |", last.anon, last.rss, last.hwm);
         after_first_step.get_or_insert(last);
@@ -35,7 +37,10 @@ pub fn run(b: &Bench) -> Vec<Row> {
     let growth = last.anon as f64 - first.anon as f64;
     vec![Row {
         id: "P7",
-        what: format!("worker private memory growth, {STEP} to {total} messages (VmRSS incl. shared buffers: {} to {} KiB)", first.rss, last.rss),
+        what: format!(
+            "worker private memory growth, {STEP} to {total} messages (VmRSS incl. shared buffers: {} to {} KiB)",
+            first.rss, last.rss
+        ),
         figure: format!("{:+.0} KiB", growth),
         goal: "<= 4 MiB",
         met: Some(growth <= 4096.0),

@@ -10,7 +10,10 @@ pub fn run(b: &Bench) -> Vec<Row> {
     let n = b.args.messages;
     let mut figures = Vec::new();
     for workers in [1, 2, 4] {
-        b.cluster.connect("postgres").batch_execute(&format!("ALTER SYSTEM SET sqs_ingest.workers = {workers}")).unwrap();
+        b.cluster
+            .connect("postgres")
+            .batch_execute(&format!("ALTER SYSTEM SET sqs_ingest.workers = {workers}"))
+            .unwrap();
         b.cluster.restart(&AWS_ENV);
         wait_until("the workers", Duration::from_secs(60), || b.cluster.worker_pids().len() == workers);
         let mut rates = Vec::new();

@@ -33,10 +33,20 @@ pub fn drain_at_the_limit(emulator: &Emulator, url: &str, n: usize) -> Duration 
                         .enumerate()
                         .map(|(i, m)| {
                             let handle = m.receipt_handle.clone().expect("a receipt handle");
-                            DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build().unwrap()
+                            DeleteMessageBatchRequestEntry::builder()
+                                .id(i.to_string())
+                                .receipt_handle(handle)
+                                .build()
+                                .unwrap()
                         })
                         .collect();
-                    client.delete_message_batch().queue_url(&url).set_entries(Some(entries)).send().await.expect("delete");
+                    client
+                        .delete_message_batch()
+                        .queue_url(&url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .expect("delete");
                     if done.fetch_add(messages.len(), Ordering::SeqCst) + messages.len() >= n {
                         finished.lock().unwrap().get_or_insert_with(Instant::now);
                     }

@@ -20,10 +20,7 @@ mod tests {
 
     #[test]
     fn emulator_urls_give_their_origin() {
-        assert_eq!(
-            endpoint_for_queue("http://localhost:4566/000000000000/login-queue"),
-            Some("http://localhost:4566")
-        );
+        assert_eq!(endpoint_for_queue("http://localhost:4566/000000000000/login-queue"), Some("http://localhost:4566"));
         assert_eq!(
             endpoint_for_queue("http://localstack:4566/000000000000/login-queue"),
             Some("http://localstack:4566")

@@ -4,6 +4,6 @@ pub mod masking;
 pub mod message;
 pub mod query;
 pub mod received;
-pub mod version;
-pub mod vault;
 pub mod redact;
+pub mod vault;
+pub mod version;

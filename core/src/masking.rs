@@ -54,10 +54,7 @@ mod tests {
     #[test]
     fn unkeyed_is_plain_sha256() {
         // echo -n abc | sha256sum
-        assert_eq!(
-            Masker::new(b"").mask("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(Masker::new(b"").mask("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

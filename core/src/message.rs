@@ -74,10 +74,9 @@ impl fmt::Display for Rejection {
                 write!(f, "field \"{field}\" is {found}, not a string")
             }
             Rejection::Nul(field) => write!(f, "field \"{field}\" contains a NUL character"),
-            Rejection::TooLong { field, chars, max } => write!(
-                f,
-                "field \"{field}\" has {chars} characters, more than its column holds ({max})"
-            ),
+            Rejection::TooLong { field, chars, max } => {
+                write!(f, "field \"{field}\" has {chars} characters, more than its column holds ({max})")
+            }
             Rejection::Version(e) => e.fmt(f),
         }
     }
@@ -182,9 +181,7 @@ pub fn parse<'a>(body: &'a str, columns: &Columns) -> Result<Login<'a>, Rejectio
     let app_version = required("app_version", raw.app_version)?;
     let app_version = match columns.app_version {
         AppVersionColumn::Text(max) => AppVersion::Text(fits("app_version", app_version, max)?),
-        AppVersionColumn::Integer => {
-            AppVersion::Integer(version::encode(&app_version).map_err(Rejection::Version)?)
-        }
+        AppVersionColumn::Integer => AppVersion::Integer(version::encode(&app_version).map_err(Rejection::Version)?),
     };
     Ok(Login {
         user_id,
@@ -208,11 +205,7 @@ fn required<'a>(field: &'static str, value: Field<'a>) -> Result<Cow<'a, str>, R
     }
 }
 
-fn fits<'a>(
-    field: &'static str,
-    value: Cow<'a, str>,
-    max: Option<usize>,
-) -> Result<Cow<'a, str>, Rejection> {
+fn fits<'a>(field: &'static str, value: Cow<'a, str>, max: Option<usize>) -> Result<Cow<'a, str>, Rejection> {
     if value.contains('\0') {
         return Err(Rejection::Nul(field));
     }
@@ -286,16 +279,13 @@ mod tests {
         let cols = Columns { app_version: AppVersionColumn::Integer, ..Columns::CREATED };
         assert_eq!(parse(GOOD, &cols).unwrap().app_version, AppVersion::Integer(20300));
         let bad = GOOD.replace("2.3.0", "2.300");
-        assert_eq!(
-            parse(&bad, &cols).unwrap_err(),
-            Rejection::Version(VersionError::ComponentTooLarge)
-        );
+        assert_eq!(parse(&bad, &cols).unwrap_err(), Rejection::Version(VersionError::ComponentTooLarge));
     }
 
     #[test]
     fn extra_fields_and_escapes_are_accepted() {
-        let body = GOOD.replace("{", r#"{"extra": {"nested": [1, 2, {"x": null}]}, "#)
-            .replace("android", r"andr\u006fid");
+        let body =
+            GOOD.replace("{", r#"{"extra": {"nested": [1, 2, {"x": null}]}, "#).replace("android", r"andr\u006fid");
         let login = parse(&body, &Columns::CREATED).unwrap();
         assert_eq!(login.device_type, "android");
     }

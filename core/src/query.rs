@@ -152,9 +152,14 @@ fn parse(xml: &str) -> Result<Element, AnswerError> {
         }
         match event {
             Event::Start(start) | Event::Empty(start) if open.len() >= MAX_DEPTH => {
-                return Err(AnswerError(format!("nested deeper than {MAX_DEPTH} at <{}>", start.local_name().as_ref().to_owned())));
+                return Err(AnswerError(format!(
+                    "nested deeper than {MAX_DEPTH} at <{}>",
+                    start.local_name().as_ref().to_owned()
+                )));
             }
-            Event::Start(start) => open.push(Element { name: start.local_name().as_ref().to_owned(), ..Element::default() }),
+            Event::Start(start) => {
+                open.push(Element { name: start.local_name().as_ref().to_owned(), ..Element::default() })
+            }
             Event::Empty(start) => {
                 let element = Element { name: start.local_name().as_ref().to_owned(), ..Element::default() };
                 close(&mut open, &mut root, element);

@@ -22,10 +22,9 @@ impl fmt::Display for VersionError {
             VersionError::NotNumeric => {
                 write!(f, "app_version has a component that is not a decimal number")
             }
-            VersionError::ComponentTooLarge => write!(
-                f,
-                "app_version has a component over {MAX_COMPONENT}, which an integer column cannot encode"
-            ),
+            VersionError::ComponentTooLarge => {
+                write!(f, "app_version has a component over {MAX_COMPONENT}, which an integer column cannot encode")
+            }
         }
     }
 }

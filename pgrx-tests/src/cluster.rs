@@ -2,8 +2,8 @@
 use crate::{free_port, wait_until};
 use postgres::{Client, NoTls};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -141,9 +141,7 @@ impl Cluster {
     }
 
     pub fn is_up(&self) -> bool {
-        Client::connect(&self.url("postgres"), NoTls)
-            .and_then(|mut c| c.simple_query("SELECT 1"))
-            .is_ok()
+        Client::connect(&self.url("postgres"), NoTls).and_then(|mut c| c.simple_query("SELECT 1")).is_ok()
     }
 
     /// A cluster of its own whose workers ingest from `queue_url` into the database `postgres`,

@@ -95,15 +95,21 @@ impl Emulator {
         wait_until("the emulator to listen", limit, || TcpStream::connect(("127.0.0.1", port)).is_ok());
         let endpoint = format!("http://127.0.0.1:{port}");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let client = json.then(|| runtime.block_on(async {
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .region(aws_config::Region::new("us-east-1"))
-                .endpoint_url(&endpoint);
-            loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "sqs_ingest_it",
-            ));
-            Client::new(&loader.load().await)
-        }));
+        let client = json.then(|| {
+            runtime.block_on(async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new("us-east-1"))
+                    .endpoint_url(&endpoint);
+                loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                    "test",
+                    "test",
+                    None,
+                    None,
+                    "sqs_ingest_it",
+                ));
+                Client::new(&loader.load().await)
+            })
+        });
         let emulator = Emulator { endpoint, port, process: Mutex::new(process), client, runtime };
         // Listening is not serving: LocalStack binds its port before SQS is loaded.
         wait_until("the emulator to serve SQS", limit, || match &emulator.client {
@@ -174,17 +180,9 @@ impl Emulator {
             let url = self.query_admin(&["create", name], None).unwrap();
             return Queue { emulator: self, url };
         }
-        let create = self
-            .client()
-            .create_queue()
-            .queue_name(name)
-            .attributes(QueueAttributeName::MaximumMessageSize, "1048576");
-        let url = self
-            .runtime
-            .block_on(create.send())
-            .expect("create_queue")
-            .queue_url
-            .expect("queue url");
+        let create =
+            self.client().create_queue().queue_name(name).attributes(QueueAttributeName::MaximumMessageSize, "1048576");
+        let url = self.runtime.block_on(create.send()).expect("create_queue").queue_url.expect("queue url");
         Queue { emulator: self, url }
     }
 }
@@ -230,7 +228,13 @@ impl Queue<'_> {
                     requests.join_next().await.unwrap().unwrap();
                 }
                 let entries = (start..end)
-                    .map(|i| SendMessageBatchRequestEntry::builder().id(format!("m{i}")).message_body(&bodies[i]).build().unwrap())
+                    .map(|i| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(format!("m{i}"))
+                            .message_body(&bodies[i])
+                            .build()
+                            .unwrap()
+                    })
                     .collect();
                 let request = e.client().send_message_batch().queue_url(&self.url).set_entries(Some(entries));
                 requests.spawn(async move {

@@ -100,7 +100,9 @@ fn relay(client: TcpStream, upstream: u16, mode: &AtomicU8, refused: &AtomicUsiz
             // Our entries' ids are "0", "1", ...: one per "Id" key in the request.
             let entries = String::from_utf8_lossy(&body).matches("\"Id\"").count();
             let failed: Vec<String> = (0..entries)
-                .map(|i| format!(r#"{{"Id":"{i}","SenderFault":true,"Code":"ReceiptHandleIsInvalid","Message":"injected"}}"#))
+                .map(|i| {
+                    format!(r#"{{"Id":"{i}","SenderFault":true,"Code":"ReceiptHandleIsInvalid","Message":"injected"}}"#)
+                })
                 .collect();
             ("200 OK", format!(r#"{{"Successful":[],"Failed":[{}]}}"#, failed.join(",")))
         };

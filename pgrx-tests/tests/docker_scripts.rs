@@ -61,7 +61,20 @@ fn compose_up(name: &str, database: &str, sql_first: Option<&str>, pii_key: &str
     }
     if let Some(sql) = sql_first {
         let status = Command::new("psql")
-            .args(["-v", "ON_ERROR_STOP=1", "-q", "-U", "postgres", "-h", &socket_dir, "-p", &port, "-d", database, "-f"])
+            .args([
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-U",
+                "postgres",
+                "-h",
+                &socket_dir,
+                "-p",
+                &port,
+                "-d",
+                database,
+                "-f",
+            ])
             .arg(root().join(sql))
             .status()
             .unwrap();

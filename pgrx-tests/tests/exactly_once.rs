@@ -52,8 +52,13 @@ fn redelivered_after(mode: Deletes, name: &str, warning: &str) {
     assert!(proxy.refused() >= 1);
     // The once-per-server warning about a missing pii_key comes first if this test is the
     // first to ingest in the shared cluster.
-    let warned: Vec<String> =
-        notices.lock().unwrap().iter().filter(|n| n.starts_with("WARNING") && !n.contains("pii_key")).cloned().collect();
+    let warned: Vec<String> = notices
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|n| n.starts_with("WARNING") && !n.contains("pii_key"))
+        .cloned()
+        .collect();
     assert_eq!(warned.len(), 1, "{warned:?}");
     let failed = warned[0].strip_prefix("WARNING: sqs_ingest: ").and_then(|w| w.strip_prefix(warning));
     let receipts = failed.and_then(|w| number_before(w, " of "));
@@ -127,16 +132,27 @@ fn dump_and_restore_keep_the_ledger_and_dead_letters() {
     let bin = "/usr/lib/postgresql/15/bin";
     let port = cluster().port.to_string();
     let conn = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
-    let dump = Command::new(format!("{bin}/pg_dump")).args(conn).args(["-Fc", "-f"]).arg(&file).arg("dump_source").output().unwrap();
+    let dump = Command::new(format!("{bin}/pg_dump"))
+        .args(conn)
+        .args(["-Fc", "-f"])
+        .arg(&file)
+        .arg("dump_source")
+        .output()
+        .unwrap();
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
     cluster().connect("postgres").batch_execute("CREATE DATABASE dump_target").unwrap();
-    let restore = Command::new(format!("{bin}/pg_restore")).args(conn).args(["-d", "dump_target"]).arg(&file).output().unwrap();
+    let restore =
+        Command::new(format!("{bin}/pg_restore")).args(conn).args(["-d", "dump_target"]).arg(&file).output().unwrap();
     // CREATE EXTENSION has already made user_logins, so the dump's CREATE TABLE is the one
     // error; its rows go into the table all the same.
     let errors = String::from_utf8_lossy(&restore.stderr);
     let unexpected: Vec<&str> = errors
         .lines()
-        .filter(|l| l.contains("error:") && !l.contains("relation \"user_logins\" already exists") && !l.contains("errors ignored on restore: 1"))
+        .filter(|l| {
+            l.contains("error:")
+                && !l.contains("relation \"user_logins\" already exists")
+                && !l.contains("errors ignored on restore: 1")
+        })
         .collect();
     assert!(unexpected.is_empty(), "{errors}");
 
@@ -183,7 +199,10 @@ fn each_kind_of_bad_body_is_one_dead_letter_with_its_reason() {
     for (_, expected) in &cases {
         assert!(reasons.iter().any(|r| r.contains(expected)), "{expected}: {reasons:?}");
     }
-    let leaked = count(&mut db, &format!("SELECT count(*) FROM sqs_ingest.dead_letters WHERE body LIKE '%{ip}%' AND body LIKE '{{%'"));
+    let leaked = count(
+        &mut db,
+        &format!("SELECT count(*) FROM sqs_ingest.dead_letters WHERE body LIKE '%{ip}%' AND body LIKE '{{%'"),
+    );
     assert_eq!(leaked, 0, "ip is masked in every dead letter whose body is an object");
     let complete = count(
         &mut db,

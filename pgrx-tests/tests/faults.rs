@@ -71,7 +71,10 @@ fn check(fault: &str, c: &Cluster, queue: &Queue, sent: &Sent, workers: usize) {
     let dead = db.query_one("SELECT count(*), count(DISTINCT message_id) FROM sqs_ingest.dead_letters", &[]).unwrap();
     let (dead, dead_distinct) = (dead.get::<_, i64>(0) as usize, dead.get::<_, i64>(1) as usize);
     let alive = c.worker_pids().len();
-    println!("| {fault} | {} | {row_count} | {dead} | {duplicates} | {lost} | {alive} of {workers} |", sent.bodies.len());
+    println!(
+        "| {fault} | {} | {row_count} | {dead} | {duplicates} | {lost} | {alive} of {workers} |",
+        sent.bodies.len()
+    );
     assert_eq!((duplicates, lost), (0, 0), "{fault}: duplicates, lost");
     assert_eq!(row_count, sent.user_ids.len(), "{fault}: rows");
     assert_eq!((dead, dead_distinct), (sent.invalid, sent.invalid), "{fault}: dead letters");
@@ -112,7 +115,10 @@ fn works_again(db: &mut Client, fault: &str) {
             }
         }
     });
-    println!("{fault}: fetch_login_queue worked again {:?} after it ended (last error before: {last_error:?})", back.elapsed());
+    println!(
+        "{fault}: fetch_login_queue worked again {:?} after it ended (last error before: {last_error:?})",
+        back.elapsed()
+    );
 }
 
 #[test]
@@ -187,7 +193,11 @@ fn outage_of_30s(fault: &str, c: &Cluster, queue: &Queue, start: impl FnOnce(), 
     let error = db.query_one("SELECT fetch_login_queue(10)", &[]).expect_err("SQS is out");
     let failed_after = outage_began.elapsed();
     let error = error.as_db_error().expect("an ERROR from the server");
-    println!("{fault}: fetch_login_queue failed after {failed_after:?}: {} (HINT: {:?})", error.message(), error.hint());
+    println!(
+        "{fault}: fetch_login_queue failed after {failed_after:?}: {} (HINT: {:?})",
+        error.message(),
+        error.hint()
+    );
     assert_eq!(error.code(), &postgres::error::SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION);
     assert!(error.hint().is_some(), "the ERROR says what to check");
     assert!(failed_after < fast, "fails within the timeouts, not hangs");
@@ -244,7 +254,13 @@ fn failing_deletes_and_a_visibility_timeout_shorter_than_the_transaction() {
     // messages first, so the ~50 a worker stores in 2 s crowd the rest out. Deletes recover at 40.
     wait_stored(&c, 40);
     proxy.deletes(Deletes::Relayed);
-    check("every delete failing (HTTP 500) for the first 40+ messages; a 3 s transaction with a 2 s visibility timeout", &c, &queue, &sent, 1);
+    check(
+        "every delete failing (HTTP 500) for the first 40+ messages; a 3 s transaction with a 2 s visibility timeout",
+        &c,
+        &queue,
+        &sent,
+        1,
+    );
 }
 
 #[test]

@@ -59,9 +59,7 @@ fn rollback_leaves_messages_which_come_back_and_are_ingested_once() {
     let (visible, in_flight) = queue.counts();
     assert_eq!(visible + in_flight, 10, "a rollback deletes nothing");
 
-    wait_until("the rolled-back messages to be visible again", Duration::from_secs(30), || {
-        queue.counts() == (10, 0)
-    });
+    wait_until("the rolled-back messages to be visible again", Duration::from_secs(30), || queue.counts() == (10, 0));
     assert_eq!(fetch(&mut db, 100), 10);
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 10);
     assert_eq!(queue.counts(), (0, 0));

@@ -22,7 +22,12 @@ fn postmaster_start(c: &Cluster) -> String {
 /// is connected to it, and returns the backend's pid, the thread, and the fake endpoint.
 fn hanging_fetch(
     name: &str,
-) -> (i32, std::thread::JoinHandle<(Result<i32, postgres::Error>, Instant, postgres::Client)>, Hang, postgres::CancelToken) {
+) -> (
+    i32,
+    std::thread::JoinHandle<(Result<i32, postgres::Error>, Instant, postgres::Client)>,
+    Hang,
+    postgres::CancelToken,
+) {
     let hang = Hang::start();
     let mut db = cluster().database(name);
     db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'", hang.queue_url())).unwrap();
@@ -32,9 +37,7 @@ fn hanging_fetch(
         let result = db.query_one("SELECT fetch_login_queue(10)", &[]).map(|r| r.get(0));
         (result, Instant::now(), db)
     });
-    wait_until("the backend to connect to the hanging endpoint", Duration::from_secs(10), || {
-        hang.accepted() > 0
-    });
+    wait_until("the backend to connect to the hanging endpoint", Duration::from_secs(10), || hang.accepted() > 0);
     (pid, worker, hang, token)
 }
 

@@ -8,7 +8,8 @@ fn ipv4_addresses(line: &str) -> Vec<&str> {
         .map(|t| t.trim_matches('.'))
         .filter(|t| {
             let parts: Vec<&str> = t.split('.').collect();
-            parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.parse::<u16>().is_ok_and(|n| n < 256))
+            parts.len() == 4
+                && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.parse::<u16>().is_ok_and(|n| n < 256))
         })
         .filter(|t| !matches!(*t, "127.0.0.1" | "0.0.0.0"))
         .collect()
@@ -45,7 +46,8 @@ fn server_logs_hold_no_secret_receipt_handle_or_raw_pii() {
     for log in &logs {
         for line in std::fs::read_to_string(log).unwrap().lines() {
             lines += 1;
-            let mut found: Vec<&str> = [PII_KEY, RECOVERY_KEY, AWS_SECRET].into_iter().filter(|s| line.contains(s)).collect();
+            let mut found: Vec<&str> =
+                [PII_KEY, RECOVERY_KEY, AWS_SECRET].into_iter().filter(|s| line.contains(s)).collect();
             found.extend(ipv4_addresses(line));
             found.extend(device_ids(line));
             found.extend(long_tokens(line));
@@ -56,7 +58,12 @@ fn server_logs_hold_no_secret_receipt_handle_or_raw_pii() {
     }
     println!("log scan: {} logs, {lines} lines, {} findings", logs.len(), findings.len());
     // The suite starts over a dozen clusters; fewer logs means the scan looked in the wrong place.
-    assert!(logs.len() >= 10 && lines >= 200, "only {} logs, {lines} lines under {:?}", logs.len(), std::env::temp_dir());
+    assert!(
+        logs.len() >= 10 && lines >= 200,
+        "only {} logs, {lines} lines under {:?}",
+        logs.len(),
+        std::env::temp_dir()
+    );
     assert!(findings.is_empty(), "{}", findings.join("\n"));
 }
 

@@ -57,7 +57,11 @@ fn take_home_messages_through_fetch_login_queue_on_a_query_only_server() {
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 99);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters"), 1);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.processed_messages"), 100);
-    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins WHERE create_date IS NULL"), 0, "SentTimestamp read from XML");
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM user_logins WHERE create_date IS NULL"),
+        0,
+        "SentTimestamp read from XML"
+    );
     assert_eq!(queue.counts(), (0, 0), "deleted after commit, in the Query protocol");
     assert_eq!(cluster().log_lines("speaks only the SQS Query protocol"), 1, "the detection is logged once");
 }

@@ -9,10 +9,8 @@ use sqs_ingest_it::{count, fetch, Cluster, Emulator, Queue};
 use std::process::{Command, Stdio};
 
 fn cluster() -> &'static Cluster {
-    let env: Vec<(&str, &str)> = AWS_ENV
-        .iter()
-        .map(|&(k, v)| if k == "AWS_SECRET_ACCESS_KEY" { (k, AWS_SECRET) } else { (k, v) })
-        .collect();
+    let env: Vec<(&str, &str)> =
+        AWS_ENV.iter().map(|&(k, v)| if k == "AWS_SECRET_ACCESS_KEY" { (k, AWS_SECRET) } else { (k, v) }).collect();
     Cluster::shared(
         &[&format!("sqs_ingest.pii_key = '{PII_KEY}'"), &format!("sqs_ingest.recovery_key = '{RECOVERY_KEY}'")],
         &env,
@@ -84,7 +82,10 @@ fn a_role_without_grants_masks_but_cannot_fetch_read_redirect_or_see_keys() {
             assert!(!message.contains(PII_KEY) && !message.contains(RECOVERY_KEY), "{message}");
         }
     }
-    let listed = count(&mut user, "SELECT count(*) FROM pg_settings WHERE name IN ('sqs_ingest.pii_key', 'sqs_ingest.recovery_key')");
+    let listed = count(
+        &mut user,
+        "SELECT count(*) FROM pg_settings WHERE name IN ('sqs_ingest.pii_key', 'sqs_ingest.recovery_key')",
+    );
     assert_eq!(listed, 0, "pg_settings hides the keys");
     let all = user.simple_query("SHOW ALL").unwrap();
     assert!(!format!("{all:?}").contains(PII_KEY) && !format!("{all:?}").contains(RECOVERY_KEY));
@@ -137,7 +138,10 @@ fn a_pii_reader_reveals_originals_and_every_reveal_is_audited() {
     assert_eq!(code, SqlState::INVALID_PARAMETER_VALUE);
 
     let audit = reader
-        .query("SELECT revealed_by::text, session_role::text, masked, found FROM sqs_ingest.pii_reveals ORDER BY id", &[])
+        .query(
+            "SELECT revealed_by::text, session_role::text, masked, found FROM sqs_ingest.pii_reveals ORDER BY id",
+            &[],
+        )
         .unwrap();
     let audit: Vec<(String, String, String, bool)> =
         audit.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
@@ -188,7 +192,8 @@ fn ingesting_without_a_pii_key_warns_once_per_server() {
     let mut sessions: Vec<_> = (0..2)
         .map(|_| {
             let (mut db, notices) = cluster().connect_collecting_notices("unkeyed");
-            db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'; SET sqs_ingest.pii_key = ''", queue.url)).unwrap();
+            db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'; SET sqs_ingest.pii_key = ''", queue.url))
+                .unwrap();
             (db, notices)
         })
         .collect();

@@ -90,10 +90,7 @@ where
         SdkError::ResponseError(e) => Some(e.raw()),
         _ => None,
     };
-    let xml = raw
-        .and_then(|r| r.body().bytes())
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(error_answer);
+    let xml = raw.and_then(|r| r.body().bytes()).and_then(|b| std::str::from_utf8(b).ok()).and_then(error_answer);
     if let Some(e) = xml {
         return SqsError::QueryOnly { target, code: e.code, message: redact(&e.message) };
     }

@@ -240,15 +240,9 @@ async fn credentials(config: &ClientConfig) -> Result<SharedCredentialsProvider,
         .read_timeout(IMDS_TIMEOUT)
         .max_attempts(1)
         .build();
-    let chain = DefaultCredentialsChain::builder()
-        .region(Region::new(config.region.clone()))
-        .imds_client(imds)
-        .build()
-        .await;
-    chain
-        .provide_credentials()
-        .await
-        .map_err(|e| SqsError::Credentials { detail: error::causes(&e) })?;
+    let chain =
+        DefaultCredentialsChain::builder().region(Region::new(config.region.clone())).imds_client(imds).build().await;
+    chain.provide_credentials().await.map_err(|e| SqsError::Credentials { detail: error::causes(&e) })?;
     Ok(SharedCredentialsProvider::new(chain))
 }
 

@@ -117,11 +117,8 @@ impl Client {
         if let Some(c) = self.cached.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|c| fresh(c)) {
             return Ok(c.clone());
         }
-        let c = self
-            .credentials
-            .provide_credentials()
-            .await
-            .map_err(|e| SqsError::Credentials { detail: causes(&e) })?;
+        let c =
+            self.credentials.provide_credentials().await.map_err(|e| SqsError::Credentials { detail: causes(&e) })?;
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
         Ok(c)
     }
