@@ -6,8 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash bench/setup.sh
-echo "==> cargo pgrx install --release"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_extension
 echo "==> cargo build --release -p sqs_ingest_bench"
 cargo build -q --release -p sqs_ingest_bench
 "$CARGO_TARGET_DIR/release/sqs_ingest_bench" "$@"

@@ -13,13 +13,5 @@ LOCALSTACK="localstack-core[runtime]==4.4.0"
 LOCALSTACK_AS_OF=2025-06-01
 
 venv_with "$SQS_INGEST_BENCH_VENV" "${BENCH_PACKAGES[@]}"
-
-stamp="$SQS_INGEST_LOCALSTACK_VENV/.packages"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$LOCALSTACK $LOCALSTACK_AS_OF" ]; then
-  echo "==> LocalStack ($LOCALSTACK, dependencies as of $LOCALSTACK_AS_OF) in $SQS_INGEST_LOCALSTACK_VENV"
-  rm -rf "$SQS_INGEST_LOCALSTACK_VENV"
-  "$SQS_INGEST_BENCH_VENV/bin/uv" venv -q -p "$(command -v python3)" "$SQS_INGEST_LOCALSTACK_VENV"
-  VIRTUAL_ENV="$SQS_INGEST_LOCALSTACK_VENV" "$SQS_INGEST_BENCH_VENV/bin/uv" pip install -q \
-    --exclude-newer "$LOCALSTACK_AS_OF" "$LOCALSTACK"
-  echo "$LOCALSTACK $LOCALSTACK_AS_OF" > "$stamp"
-fi
+UV="$SQS_INGEST_BENCH_VENV/bin/uv" UV_ARGS="--exclude-newer $LOCALSTACK_AS_OF" \
+  venv_with "$SQS_INGEST_LOCALSTACK_VENV" "$LOCALSTACK"

@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh
-echo "==> install the extension (cargo pgrx install --release)"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_extension
 echo "==> run the demo"
 cargo run -q -p sqs_ingest_it --bin demo

@@ -13,15 +13,30 @@ export SQS_INGEST_BENCH_VENV=$SQS_INGEST_CACHE/bench-venv
 export SQS_INGEST_LOCALSTACK_VENV=$SQS_INGEST_CACHE/localstack-venv
 
 # Makes the Python venv at $1 with the packages after it, again whenever that list changes.
+# With UV set (a uv binary), uv makes it and resolves with the extra arguments in UV_ARGS.
 venv_with() {
   local dir=$1
   shift
-  if [ "$(cat "$dir/.packages" 2>/dev/null)" != "$*" ]; then
-    echo "==> python venv with $* in $dir"
+  local wanted="$* ${UV_ARGS:-}"
+  if [ "$(cat "$dir/.packages" 2>/dev/null)" != "$wanted" ]; then
+    echo "==> python venv with $wanted in $dir"
     rm -rf "$dir"
     mkdir -p "$(dirname "$dir")"
-    python3 -m venv "$dir"
-    "$dir/bin/pip" install -q --disable-pip-version-check "$@"
-    echo "$*" > "$dir/.packages"
+    if [ -n "${UV:-}" ]; then
+      "$UV" venv -q -p "$(command -v python3)" "$dir"
+      # shellcheck disable=SC2086 # UV_ARGS is a list of words
+      VIRTUAL_ENV="$dir" "$UV" pip install -q ${UV_ARGS:-} "$@"
+    else
+      python3 -m venv "$dir"
+      "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+    fi
+    echo "$wanted" > "$dir/.packages"
   fi
+}
+
+# Builds the extension (release) and installs it into $PG_CONFIG's PostgreSQL. Run it with no
+# server using the library: overwriting it under a running server crashes its processes.
+install_extension() {
+  echo "==> install the extension (cargo pgrx install --release)"
+  cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 }

@@ -23,8 +23,7 @@ chown postgres "$pgdata"
 cargo pgrx test pg15 --runas postgres --pgdata "$pgdata/data"
 rm -rf "$pgdata"
 
-echo "==> install the extension (cargo pgrx install --release)"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_extension
 
 echo "==> the Docker files: the build stage's package step in its own build context, hadolint, docker/check.py"
 # The build context as Docker sends it (.dockerignore) and the WORKDIR as the build stage's COPY

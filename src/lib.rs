@@ -8,6 +8,7 @@ mod recovery;
 mod settings;
 mod sqs;
 mod status;
+mod unkeyed;
 mod worker;
 mod xact;
 
@@ -24,6 +25,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: reads a flag Postgres sets while loading shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         status::allocate();
+        unkeyed::allocate();
         worker::register();
     }
 }

@@ -34,14 +34,4 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
-
-    #[pg_test(error = "sqs_ingest: max must be between 1 and 10000, not 0")]
-    fn fetch_rejects_zero() {
-        Spi::run("SELECT fetch_login_queue(0)").unwrap();
-    }
-
-    #[pg_test(error = "sqs_ingest: max must be between 1 and 10000, not NULL")]
-    fn fetch_rejects_null() {
-        Spi::run("SELECT fetch_login_queue(NULL)").unwrap();
-    }
 }

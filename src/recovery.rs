@@ -1,9 +1,11 @@
 //! Opt-in PII recovery: reveal_pii opens a sealed original for members of sqs_ingest_pii_reader,
 //! once a worker of its own has committed the audit row, so that no reveal escapes the audit.
-use crate::errors::raise;
+use crate::errors::report;
 use crate::settings;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 use pgrx::{FromDatum, IntoDatum};
 use sqs_ingest_core::masking::MASKED_LEN;
 use sqs_ingest_core::vault::VaultError;
@@ -33,23 +35,51 @@ impl fmt::Display for RecoveryError {
     }
 }
 
+impl From<RecoveryError> for ErrorReport {
+    fn from(e: RecoveryError) -> Self {
+        let (code, hint) = match e {
+            RecoveryError::NotReader => (
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "Only members of sqs_ingest_pii_reader may reveal: GRANT sqs_ingest_pii_reader TO <role>;",
+            ),
+            RecoveryError::NotMasked => (
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "Pass a value of user_logins.masked_ip or masked_device_id, or mask_pii(<original>).",
+            ),
+            RecoveryError::Off => (
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "Originals are kept only while sqs_ingest.recovery_key is set (see the README, \"Recovering PII\").",
+            ),
+            RecoveryError::Sealed(_) => (
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                "The value was sealed under another sqs_ingest.recovery_key, or its sqs_ingest.pii_vault row was altered.",
+            ),
+            RecoveryError::Unaudited(_) => (
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+                "Every reveal is audited first; check max_worker_processes and the server log.",
+            ),
+        };
+        report(code, e.to_string(), hint)
+    }
+}
+
 /// The original ip or device_id behind `masked`, or NULL when none was kept.
 #[pg_extern(volatile, strict, parallel_unsafe)]
-fn reveal_pii(masked: &str) -> Option<String> {
+fn reveal_pii(masked: &str) -> Result<Option<String>, ErrorReport> {
     // EXECUTE is granted to the role only; this also holds if EXECUTE is ever granted wider.
     if Spi::get_one::<bool>("SELECT pg_has_role('sqs_ingest_pii_reader', 'USAGE')") != Ok(Some(true)) {
-        raise(RecoveryError::NotReader);
+        return Err(RecoveryError::NotReader.into());
     }
     if masked.len() != MASKED_LEN || !masked.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        raise(RecoveryError::NotMasked);
+        return Err(RecoveryError::NotMasked.into());
     }
-    let sealer = settings::sealer().unwrap_or_else(|e| raise(e)).unwrap_or_else(|| raise(RecoveryError::Off));
+    let sealer = settings::sealer()?.ok_or(RecoveryError::Off)?;
     let sealed: Option<Vec<u8>> =
         // The scalar subquery gives one row, NULL when the value was never sealed.
         Spi::get_one_with_args("SELECT (SELECT sealed FROM sqs_ingest.pii_vault WHERE masked = $1)", &[masked.into()])
-            .unwrap_or_else(|e| raise(RecoveryError::Unaudited(e.to_string())));
-    audit(masked, sealed.is_some()).unwrap_or_else(|e| raise(e));
-    sealed.map(|s| sealer.open(masked, &s).unwrap_or_else(|e| raise(RecoveryError::Sealed(e))))
+            .map_err(|e| RecoveryError::Unaudited(e.to_string()))?;
+    audit(masked, sealed.is_some())?;
+    Ok(sealed.map(|s| sealer.open(masked, &s).map_err(RecoveryError::Sealed)).transpose()?)
 }
 
 /// Has a worker insert and commit the audit row, waits for it, and checks that the row is there.

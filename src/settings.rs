@@ -1,6 +1,9 @@
 //! The `sqs_ingest.*` settings: their definitions, bounds, and a validated snapshot for one fetch.
+use crate::errors::report;
 use crate::sqs::{ClientConfig, Protocol, Queue};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
 use sqs_ingest_core::endpoint::endpoint_for_queue;
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::vault::{Sealer, VaultError};
@@ -35,6 +38,8 @@ const LEDGER_RETENTION_DEFAULT: i32 = 14 * 24 * 3600;
 /// SQS limits (seconds): long polls wait at most 20 s, visibility lasts at most 12 h.
 pub const MAX_WAIT_SECONDS: i32 = 20;
 pub const MAX_VISIBILITY_SECONDS: i32 = 43_200;
+/// Upper bound of `sqs_ingest.workers`: status slots are sized once, at server start.
+pub const MAX_WORKERS: usize = 16;
 /// Bounds what one round holds: requests × 10 messages × 1 MiB (SQS's largest message).
 const MAX_IN_FLIGHT: i32 = 16;
 
@@ -162,7 +167,7 @@ pub fn register() {
         c"",
         &WORKERS,
         0,
-        crate::status::MAX_WORKERS as i32,
+        MAX_WORKERS as i32,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -232,6 +237,21 @@ impl fmt::Display for SettingsError {
             }
             SettingsError::RecoveryKey(e) => write!(f, "sqs_ingest.recovery_key is unusable: {e}"),
         }
+    }
+}
+
+impl From<SettingsError> for ErrorReport {
+    fn from(e: SettingsError) -> Self {
+        let hint = match e {
+            SettingsError::Empty("region") => {
+                "Set it, e.g. ALTER SYSTEM SET sqs_ingest.region = 'us-east-1'; SELECT pg_reload_conf();"
+            }
+            SettingsError::RecoveryKey(_) => {
+                "Generate a key with openssl rand -hex 32 and set it in postgresql.conf, or set the setting to '' to keep no originals."
+            }
+            _ => "Set it to the queue's URL, e.g. https://sqs.us-east-1.amazonaws.com/123456789012/login-queue or http://localhost:4566/000000000000/login-queue.",
+        };
+        report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), hint)
     }
 }
 

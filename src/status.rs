@@ -1,12 +1,9 @@
-//! Shared-memory status of the background workers, shown by the view sqs_ingest.worker_status,
-//! and the server's once-only warnings.
+//! Shared-memory status of the background workers, shown by the view sqs_ingest.worker_status.
+use crate::settings::MAX_WORKERS;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, FromDatum, PGRXSharedMemory, PgAtomic, PgLwLock};
+use pgrx::{pg_shmem_init, FromDatum, PGRXSharedMemory, PgLwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Upper bound of `sqs_ingest.workers`: status slots are sized once, at server start.
-pub const MAX_WORKERS: usize = 16;
 const ERROR_LEN: usize = 240;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -91,25 +88,13 @@ unsafe impl PGRXSharedMemory for Slots {}
 
 // SAFETY: the only lock of this name.
 static SLOTS: PgLwLock<Slots> = unsafe { PgLwLock::new(c"sqs_ingest_worker_status") };
-// SAFETY: the only atomic of this name.
-static UNKEYED_WARNED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"sqs_ingest_unkeyed_warned") };
-/// Without shared memory (not preloaded), each backend warns once.
-static UNKEYED_WARNED_HERE: AtomicBool = AtomicBool::new(false);
 /// Set in the postmaster while preloading, and so inherited by every process it forks.
 static ALLOCATED: AtomicBool = AtomicBool::new(false);
 
 /// Asks for the shared memory; only possible while shared_preload_libraries load.
 pub fn allocate() {
     pg_shmem_init!(SLOTS);
-    pg_shmem_init!(UNKEYED_WARNED);
     ALLOCATED.store(true, Ordering::Relaxed);
-}
-
-/// True for the first caller in the server's life (per backend when not preloaded), so that
-/// ingesting without sqs_ingest.pii_key is warned about once, not once per batch.
-pub fn first_unkeyed_ingest() -> bool {
-    let flag = if ALLOCATED.load(Ordering::Relaxed) { UNKEYED_WARNED.get() } else { &UNKEYED_WARNED_HERE };
-    !flag.swap(true, Ordering::Relaxed)
 }
 
 /// Changes worker `index`'s slot.

@@ -1,12 +1,30 @@
 //! Deletes received messages from SQS only once their transaction commits: savepoints that
 //! roll back keep their messages in the queue, and PREPARE TRANSACTION is refused.
-use crate::errors::raise;
+use crate::errors::{raise, report};
 use crate::sqs::{self, Queue};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
+
+#[derive(Debug)]
+pub enum XactError {
+    /// PREPARE TRANSACTION after a fetch: the deletes would have no COMMIT to follow.
+    Prepare,
+}
+
+impl From<XactError> for ErrorReport {
+    fn from(e: XactError) -> Self {
+        match e {
+            XactError::Prepare => report(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that has fetched SQS messages".to_owned(),
+                "Commit it instead: its messages are deleted from SQS only after COMMIT, which PREPARE TRANSACTION would outlive.",
+            ),
+        }
+    }
+}
 
 struct Pending {
     subxact: pg_sys::SubTransactionId,
@@ -44,14 +62,7 @@ pub fn delete_after_commit(queue: &Queue, handles: Vec<String>) {
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_PREPARE if PENDING.with_borrow(|p| !p.is_empty()) => raise(
-            ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "sqs_ingest: cannot PREPARE a transaction that has fetched SQS messages",
-                "sqs_ingest",
-            )
-            .set_hint("Commit it instead: its messages are deleted from SQS only after COMMIT, which PREPARE TRANSACTION would outlive."),
-        ),
+        XACT_EVENT_PRE_PREPARE if PENDING.with_borrow(|p| !p.is_empty()) => raise(XactError::Prepare),
         XACT_EVENT_COMMIT => {
             let pending = PENDING.take();
             // Nothing may escape a post-commit callback: Postgres would PANIC.

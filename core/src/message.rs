@@ -239,10 +239,11 @@ pub fn dead_letter_body(body: &str, masker: &Masker) -> String {
     masked.unwrap_or_else(|| body.to_owned()).replace('\0', "\u{FFFD}")
 }
 
-/// Days from 2000-01-01 (Postgres' date epoch) to the UTC date of a Unix time in milliseconds.
-pub fn pg_date_from_unix_millis(millis: i64) -> i32 {
-    const DAYS_1970_TO_2000: i64 = 10_957;
-    (millis.div_euclid(86_400_000) - DAYS_1970_TO_2000) as i32
+/// Postgres' timestamp (microseconds from 2000-01-01 UTC) of a Unix time in milliseconds, such
+/// as SQS's SentTimestamp; None when it does not fit.
+pub fn pg_timestamp_from_unix_millis(millis: i64) -> Option<i64> {
+    const MILLIS_1970_TO_2000: i64 = 946_684_800_000;
+    millis.checked_sub(MILLIS_1970_TO_2000)?.checked_mul(1000)
 }
 
 #[cfg(test)]
@@ -354,9 +355,11 @@ mod tests {
     }
 
     #[test]
-    fn sent_timestamp_to_utc_date() {
-        assert_eq!(pg_date_from_unix_millis(946_684_800_000), 0); // 2000-01-01T00:00:00Z
-        assert_eq!(pg_date_from_unix_millis(946_684_799_999), -1);
-        assert_eq!(pg_date_from_unix_millis(1_700_000_000_000), 8718); // 2023-11-14
+    fn sent_timestamp_to_pg_timestamp() {
+        assert_eq!(pg_timestamp_from_unix_millis(946_684_800_000), Some(0)); // 2000-01-01T00:00:00Z
+        assert_eq!(pg_timestamp_from_unix_millis(946_684_799_999), Some(-1000));
+        assert_eq!(pg_timestamp_from_unix_millis(1_700_000_000_123), Some(753_315_200_123_000)); // 2023-11-14T22:13:20.123Z
+        assert_eq!(pg_timestamp_from_unix_millis(i64::MAX), None);
+        assert_eq!(pg_timestamp_from_unix_millis(i64::MIN), None);
     }
 }

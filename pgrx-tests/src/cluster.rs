@@ -6,7 +6,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where the PostgreSQL 15 server programs are (Debian's layout).
+pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -135,7 +136,12 @@ impl Cluster {
         let mut admin = self.connect("postgres");
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        let mut client = self.connect(name);
+        self.with_extension(name)
+    }
+
+    /// A connection to `db` of this cluster, with the extension created there.
+    pub fn with_extension(&self, db: &str) -> Client {
+        let mut client = self.connect(db);
         client.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
         client
     }

@@ -160,14 +160,6 @@ impl Emulator {
         let _ = p.wait();
     }
 
-    /// SIGSTOP (true) or SIGCONT (false): a frozen emulator accepts connections and never
-    /// answers, like a hung server, and keeps its queues for when it thaws.
-    pub fn freeze(&self, frozen: bool) {
-        let pid = self.process.lock().unwrap_or_else(|e| e.into_inner()).id() as i32;
-        // SAFETY: signals our own child process.
-        unsafe { libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT }) };
-    }
-
     /// Runs `request` with a client of this emulator, for requests the harness does not make
     /// itself. On the harness's runtime: the client's pooled connections live there.
     pub fn run<F: std::future::Future>(&self, request: impl FnOnce(Client) -> F) -> F::Output {

@@ -2,9 +2,8 @@
 //! the installed extension preloaded, a moto SQS server, and generated login messages.
 pub mod cluster;
 pub mod emulator;
-pub mod hang;
+pub mod fault;
 pub mod logins;
-pub mod proxy;
 
 /// Secrets that the security tests configure and the log scan looks for afterwards.
 pub mod secrets {
@@ -18,6 +17,19 @@ pub use emulator::{Emulator, Queue};
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
+
+/// How long a test waits for something that should happen (rows to arrive, a worker to start).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The test binary's one cluster (see [`Cluster::shared`]) with the emulators' credentials.
+pub fn shared_cluster() -> &'static Cluster {
+    Cluster::shared(&[], &emulator::AWS_ENV)
+}
+
+/// Points a session at a queue (`sqs_ingest.queue_url` for this session).
+pub fn point_at(db: &mut postgres::Client, queue_url: &str) {
+    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{queue_url}'")).unwrap();
+}
 
 /// The single bigint a query returns, e.g. a count.
 pub fn count(db: &mut postgres::Client, sql: &str) -> i64 {
@@ -40,6 +52,19 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     while !condition() {
         assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks `condition` every 100 ms for `duration`: for things that must not happen (a disabled
+/// worker receiving, a log line repeated). Panics as soon as it fails.
+pub fn holds_for(what: &str, duration: Duration, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + duration;
+    loop {
+        assert!(condition(), "{what} stopped holding");
+        if Instant::now() >= until {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

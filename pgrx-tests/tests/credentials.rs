@@ -1,6 +1,6 @@
 //! A server without AWS credentials fails at once with a clear error, not after probing.
 use postgres::error::SqlState;
-use sqs_ingest_it::{Cluster, Emulator};
+use sqs_ingest_it::{point_at, Cluster, Emulator};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -9,7 +9,7 @@ fn missing_credentials_are_a_fast_clear_error_with_a_hint() {
     // No keys, no profile, and no instance metadata service to fall back on.
     let cluster = Cluster::start("no_credentials", &[], &[("AWS_EC2_METADATA_DISABLED", "true")]);
     let mut db = cluster.database("no_credentials");
-    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'", queue.url)).unwrap();
+    point_at(&mut db, &queue.url);
 
     let start = Instant::now();
     let err = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap_err();

@@ -1,17 +1,9 @@
 //! Exactly-once rows from at-least-once delivery: redeliveries, races, dumps and bad bodies.
 use postgres::Client;
-use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::fault::{Deletes, FaultEndpoint};
 use sqs_ingest_it::logins::{field, take_home_like, valid, with_field};
-use sqs_ingest_it::proxy::{Deletes, FaultProxy};
-use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator};
+use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_until, Emulator, WAIT};
 use std::process::Command;
-use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn cluster() -> &'static Cluster {
-    Cluster::shared(&[], &AWS_ENV)
-}
 
 fn set(db: &mut Client, setting: &str, value: &str) {
     db.batch_execute(&format!("SET sqs_ingest.{setting} = '{value}'")).unwrap();
@@ -19,12 +11,27 @@ fn set(db: &mut Client, setting: &str, value: &str) {
 
 #[test]
 fn failed_deletes_after_commit_are_redelivered_and_skipped() {
-    redelivered_after(Deletes::Error, "failed_deletes", "could not delete");
+    redelivered_after(Emulator::shared(), Deletes::Error, "failed_deletes", "could not delete");
 }
 
 #[test]
 fn refused_delete_entries_are_redelivered_and_skipped() {
-    redelivered_after(Deletes::EntriesFailed, "refused_entries", "SQS refused to delete");
+    redelivered_after(Emulator::shared(), Deletes::EntriesFailed, "refused_entries", "SQS refused to delete");
+}
+
+#[test]
+fn failed_deletes_after_commit_are_redelivered_and_skipped_in_the_query_protocol() {
+    redelivered_after(Emulator::shared_query_only(), Deletes::Error, "failed_deletes_query", "could not delete");
+}
+
+#[test]
+fn refused_delete_entries_are_redelivered_and_skipped_in_the_query_protocol() {
+    redelivered_after(
+        Emulator::shared_query_only(),
+        Deletes::EntriesFailed,
+        "refused_entries_query",
+        "SQS refused to delete",
+    );
 }
 
 /// The number just before `words` in `text`, if there is one.
@@ -37,13 +44,12 @@ fn number_before(text: &str, words: &str) -> Option<u32> {
 /// 20 messages committed while their deletes fail in `mode`: one WARNING saying `warning` for
 /// every receipt, then the redeliveries make no second row and are deleted. SQS may hand one
 /// message to two concurrent receives (moto does), so receipts can outnumber messages.
-fn redelivered_after(mode: Deletes, name: &str, warning: &str) {
-    let emulator = Emulator::shared();
+fn redelivered_after(emulator: &Emulator, mode: Deletes, name: &str, warning: &str) {
     let queue = emulator.queue(name);
-    let proxy = FaultProxy::start(emulator.port);
-    cluster().database(name);
-    let (mut db, notices) = cluster().connect_collecting_notices(name);
-    set(&mut db, "queue_url", &proxy.url_for(&queue.url));
+    let proxy = FaultEndpoint::start(emulator.port);
+    shared_cluster().database(name);
+    let (mut db, notices) = shared_cluster().connect_collecting_notices(name);
+    point_at(&mut db, &proxy.url_for(&queue.url));
     set(&mut db, "visibility_timeout", "1");
     queue.send(&valid(20, 47));
 
@@ -92,10 +98,10 @@ fn overlapping_visibility_windows_give_one_row_per_message_in_the_query_protocol
 /// visibility timeout: the ledger makes the second wait, then skip them.
 fn race(emulator: &Emulator, name: &str) {
     let queue = emulator.queue(name);
-    let mut first = cluster().database(name);
-    let mut second = cluster().connect(name);
+    let mut first = shared_cluster().database(name);
+    let mut second = shared_cluster().connect(name);
     for db in [&mut first, &mut second] {
-        set(db, "queue_url", &queue.url);
+        point_at(db, &queue.url);
         set(db, "visibility_timeout", "1");
     }
     queue.send(&take_home_like(5, 53));
@@ -106,7 +112,7 @@ fn race(emulator: &Emulator, name: &str) {
     wait_until("the visibility timeout to expire", WAIT, || queue.counts() == (5, 0));
     let second_pid: i32 = second.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let racer = std::thread::spawn(move || fetch(&mut second, 10));
-    let mut watch = cluster().connect(name);
+    let mut watch = shared_cluster().connect(name);
     wait_until("the second session to wait on the ledger", WAIT, || {
         count(
             &mut watch,
@@ -123,14 +129,14 @@ fn race(emulator: &Emulator, name: &str) {
 #[test]
 fn dump_and_restore_keep_the_ledger_and_dead_letters() {
     let queue = Emulator::shared().queue("dump");
-    let mut db = cluster().database("dump_source");
+    let mut db = shared_cluster().database("dump_source");
     set(&mut db, "queue_url", &queue.url);
     queue.send(&take_home_like(30, 59));
     assert_eq!(fetch(&mut db, 100), 29);
 
-    let file = cluster().dir.join("dump_source.pgdump");
-    let bin = "/usr/lib/postgresql/15/bin";
-    let port = cluster().port.to_string();
+    let file = shared_cluster().dir.join("dump_source.pgdump");
+    let bin = sqs_ingest_it::cluster::BIN;
+    let port = shared_cluster().port.to_string();
     let conn = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
     let dump = Command::new(format!("{bin}/pg_dump"))
         .args(conn)
@@ -140,7 +146,7 @@ fn dump_and_restore_keep_the_ledger_and_dead_letters() {
         .output()
         .unwrap();
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
-    cluster().connect("postgres").batch_execute("CREATE DATABASE dump_target").unwrap();
+    shared_cluster().connect("postgres").batch_execute("CREATE DATABASE dump_target").unwrap();
     let restore =
         Command::new(format!("{bin}/pg_restore")).args(conn).args(["-d", "dump_target"]).arg(&file).output().unwrap();
     // CREATE EXTENSION has already made user_logins, so the dump's CREATE TABLE is the one
@@ -156,7 +162,7 @@ fn dump_and_restore_keep_the_ledger_and_dead_letters() {
         .collect();
     assert!(unexpected.is_empty(), "{errors}");
 
-    let mut restored = cluster().connect("dump_target");
+    let mut restored = shared_cluster().connect("dump_target");
     for table in ["user_logins", "sqs_ingest.processed_messages", "sqs_ingest.dead_letters"] {
         let sql = format!("SELECT count(*) FROM {table}");
         assert_eq!(count(&mut restored, &sql), count(&mut db, &sql), "{table}");
@@ -170,7 +176,7 @@ fn dump_and_restore_keep_the_ledger_and_dead_letters() {
 #[test]
 fn each_kind_of_bad_body_is_one_dead_letter_with_its_reason() {
     let queue = Emulator::shared().queue("bad_bodies");
-    let mut db = cluster().database("bad_bodies");
+    let mut db = shared_cluster().database("bad_bodies");
     set(&mut db, "queue_url", &queue.url);
     let good = valid(1, 61).remove(0);
     let ip = field(&good, "ip").to_owned();
@@ -216,7 +222,7 @@ fn each_kind_of_bad_body_is_one_dead_letter_with_its_reason() {
 #[test]
 fn old_ledger_entries_are_pruned_by_the_next_fetch() {
     let queue = Emulator::shared().queue("prune");
-    let mut db = cluster().database("prune");
+    let mut db = shared_cluster().database("prune");
     set(&mut db, "queue_url", &queue.url);
     db.batch_execute(
         "INSERT INTO sqs_ingest.processed_messages VALUES

@@ -4,14 +4,15 @@
 //! table `fault | sent | rows | dead letters | duplicates | lost | workers alive`.
 use postgres::{Client, NoTls};
 use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::fault::{Deletes, FaultEndpoint, Mode};
 use sqs_ingest_it::logins::{field, hostile, valid};
-use sqs_ingest_it::proxy::{Deletes, FaultProxy};
-use sqs_ingest_it::{memory_kib, wait_until, Cluster, Emulator, Queue};
+use sqs_ingest_it::{memory_kib, wait_until, Cluster, Emulator, Queue, WAIT};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(300);
+/// Drains of thousands of messages through moto, crashes and restarts take minutes, not seconds.
+const DRAIN: Duration = Duration::from_secs(WAIT.as_secs() * 5);
 
 /// What was sent: the user ids of the valid logins, and how many bodies were invalid.
 struct Sent {
@@ -47,19 +48,15 @@ fn stored(c: &Cluster) -> Option<usize> {
 }
 
 fn wait_stored(c: &Cluster, at_least: usize) {
-    wait_until(&format!("{at_least} messages stored"), WAIT, || stored(c).is_some_and(|n| n >= at_least));
-}
-
-fn create_extension(c: &Cluster) {
-    c.connect("postgres").batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    wait_until(&format!("{at_least} messages stored"), DRAIN, || stored(c).is_some_and(|n| n >= at_least));
 }
 
 /// The check every case ends with.
 fn check(fault: &str, c: &Cluster, queue: &Queue, sent: &Sent, workers: usize) {
     let total = sent.user_ids.len() + sent.invalid;
     wait_stored(c, total);
-    wait_until("the queue to be empty", WAIT, || queue.counts() == (0, 0));
-    wait_until("the workers to run", WAIT, || c.worker_pids().len() == workers);
+    wait_until("the queue to be empty", DRAIN, || queue.counts() == (0, 0));
+    wait_until("the workers to run", DRAIN, || c.worker_pids().len() == workers);
     let mut db = c.connect("postgres");
     let mut rows: HashMap<String, usize> = HashMap::new();
     for r in db.query("SELECT user_id FROM user_logins", &[]).unwrap() {
@@ -125,7 +122,7 @@ fn works_again(db: &mut Client, fault: &str) {
 fn sigkill_of_callers_and_workers_during_a_2000_message_drain() {
     let queue = Emulator::shared().queue("sigkill");
     let c = Cluster::with_workers("sigkill", &queue.url, &[]);
-    create_extension(&c);
+    c.with_extension("postgres");
     let sent = mixed(1900, 100, 401);
     let (stop, caller) = (AtomicBool::new(false), AtomicI32::new(0));
     std::thread::scope(|s| {
@@ -136,11 +133,11 @@ fn sigkill_of_callers_and_workers_during_a_2000_message_drain() {
             progress += 150;
             wait_stored(&c, progress);
             if round % 2 == 0 {
-                wait_until("a worker", WAIT, || !c.worker_pids().is_empty());
+                wait_until("a worker", DRAIN, || !c.worker_pids().is_empty());
                 kill(c.worker_pids()[0]);
             } else {
                 // Mid-call: the caller's backend is inside fetch_login_queue almost all the time.
-                wait_until("the caller inside fetch_login_queue", WAIT, || {
+                wait_until("the caller inside fetch_login_queue", DRAIN, || {
                     let pid = caller.load(Ordering::SeqCst);
                     Client::connect(&c.url("postgres"), NoTls)
                         .and_then(|mut db| {
@@ -166,7 +163,7 @@ fn sigkill_of_callers_and_workers_during_a_2000_message_drain() {
 fn immediate_shutdown_and_restart_with_the_worker_running() {
     let queue = Emulator::shared().queue("immediate");
     let c = Cluster::with_workers("immediate", &queue.url, &[]);
-    create_extension(&c);
+    c.with_extension("postgres");
     let sent = mixed(570, 30, 409);
     std::thread::scope(|s| {
         s.spawn(|| queue.feed(&sent.bodies));
@@ -182,7 +179,7 @@ fn immediate_shutdown_and_restart_with_the_worker_running() {
 /// A 30 s outage while the worker runs and 400 messages wait: a call during it fails fast with
 /// 08001 (within `fast`), the worker reports it, and once `end` runs everything arrives.
 fn outage_of_30s(fault: &str, c: &Cluster, queue: &Queue, start: impl FnOnce(), end: impl FnOnce(), fast: Duration) {
-    create_extension(c);
+    c.with_extension("postgres");
     let sent = mixed(380, 20, 419);
     queue.send(&sent.bodies);
     wait_stored(c, 100);
@@ -201,7 +198,7 @@ fn outage_of_30s(fault: &str, c: &Cluster, queue: &Queue, start: impl FnOnce(), 
     assert_eq!(error.code(), &postgres::error::SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION);
     assert!(error.hint().is_some(), "the ERROR says what to check");
     assert!(failed_after < fast, "fails within the timeouts, not hangs");
-    wait_until("the worker to report the outage", WAIT, || {
+    wait_until("the worker to report the outage", DRAIN, || {
         c.connect("postgres")
             .query_one("SELECT last_error IS NOT NULL FROM sqs_ingest.worker_status", &[])
             .unwrap()
@@ -215,25 +212,26 @@ fn outage_of_30s(fault: &str, c: &Cluster, queue: &Queue, start: impl FnOnce(), 
 }
 
 #[test]
-fn frozen_emulator_for_30s_fails_calls_fast_and_loses_nothing() {
-    let emulator = Emulator::start();
-    let queue = emulator.queue("frozen");
+fn hung_endpoint_for_30s_fails_calls_fast_and_loses_nothing() {
+    let emulator = Emulator::shared();
+    let queue = emulator.queue("hung");
+    let endpoint = FaultEndpoint::start(emulator.port);
     let c = Cluster::with_workers(
-        "frozen",
-        &queue.url,
+        "hung",
+        &endpoint.url_for(&queue.url),
         &["sqs_ingest.request_timeout = 2000", "sqs_ingest.connect_timeout = 1000"],
     );
-    let (freeze, thaw) = (|| emulator.freeze(true), || emulator.freeze(false));
-    outage_of_30s("emulator frozen (SIGSTOP)", &c, &queue, freeze, thaw, Duration::from_secs(5));
+    let (hang, answer) = (|| endpoint.set(Mode::Hang), || endpoint.set(Mode::Relay));
+    outage_of_30s("endpoint hung (accepts, never answers)", &c, &queue, hang, answer, Duration::from_secs(5));
 }
 
 #[test]
 fn unreachable_emulator_for_30s_fails_calls_fast_and_loses_nothing() {
     let emulator = Emulator::shared();
     let queue = emulator.queue("unreachable");
-    let proxy = FaultProxy::start(emulator.port);
+    let proxy = FaultEndpoint::start(emulator.port);
     let c = Cluster::with_workers("unreachable", &proxy.url_for(&queue.url), &[]);
-    let (down, up) = (|| proxy.down(true), || proxy.down(false));
+    let (down, up) = (|| proxy.set(Mode::Down), || proxy.set(Mode::Relay));
     outage_of_30s("emulator unreachable (connections refused)", &c, &queue, down, up, Duration::from_secs(3));
 }
 
@@ -241,10 +239,10 @@ fn unreachable_emulator_for_30s_fails_calls_fast_and_loses_nothing() {
 fn failing_deletes_and_a_visibility_timeout_shorter_than_the_transaction() {
     let emulator = Emulator::shared();
     let queue = emulator.queue("deletes_fail");
-    let proxy = FaultProxy::start(emulator.port);
+    let proxy = FaultEndpoint::start(emulator.port);
     // visibility_timeout = 2 s (the helper's), shorter than the 3 s transaction below.
     let c = Cluster::with_workers("deletes_fail", &proxy.url_for(&queue.url), &[]);
-    create_extension(&c);
+    c.with_extension("postgres");
     proxy.deletes(Deletes::Error);
     let sent = mixed(285, 15, 431);
     queue.send(&sent.bodies);
@@ -267,7 +265,7 @@ fn failing_deletes_and_a_visibility_timeout_shorter_than_the_transaction() {
 fn four_callers_and_two_workers_on_one_queue() {
     let queue = Emulator::shared().queue("crowd");
     let c = Cluster::with_workers("crowd", &queue.url, &["sqs_ingest.workers = 2"]);
-    create_extension(&c);
+    c.with_extension("postgres");
     let sent = mixed(950, 50, 433);
     let stop = AtomicBool::new(false);
     let pids: Vec<AtomicI32> = (0..4).map(|_| AtomicI32::new(0)).collect();
@@ -287,7 +285,7 @@ fn four_callers_and_two_workers_on_one_queue() {
 fn ten_thousand_hostile_bodies_among_a_thousand_good_ones() {
     let queue = Emulator::shared().queue("hostile");
     let c = Cluster::with_workers("hostile", &queue.url, &["sqs_ingest.workers = 2"]);
-    create_extension(&c);
+    c.with_extension("postgres");
     let sent = mixed(1000, 10_000, 439);
     queue.feed(&sent.bodies);
     let workers = c.worker_pids();

@@ -1,25 +1,16 @@
 //! fetch_login_queue end to end: a real cluster, a real emulator, real commits.
 use postgres::error::SqlState;
 use postgres::Client;
-use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, take_home_like, with_field};
-use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator, Queue};
+use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_until, Emulator, Queue};
 use std::time::Duration;
-
-fn cluster() -> &'static Cluster {
-    Cluster::shared(&[], &AWS_ENV)
-}
 
 /// A database of its own and a queue of its own for one test, the session pointed at it.
 fn setup(name: &str) -> (Client, Queue<'static>) {
     let queue = Emulator::shared().queue(name);
-    let mut db = cluster().database(name);
+    let mut db = shared_cluster().database(name);
     point_at(&mut db, &queue.url);
     (db, queue)
-}
-
-fn point_at(db: &mut Client, queue_url: &str) {
-    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{queue_url}'")).unwrap();
 }
 
 #[test]
@@ -69,7 +60,7 @@ fn rollback_leaves_messages_which_come_back_and_are_ingested_once() {
 fn rows_are_invisible_to_other_sessions_until_commit() {
     let (mut db, queue) = setup("visibility");
     queue.send(&take_home_like(5, 13));
-    let mut other = cluster().connect("visibility");
+    let mut other = shared_cluster().connect("visibility");
 
     db.batch_execute("BEGIN").unwrap();
     assert_eq!(fetch(&mut db, 10), 5);
@@ -131,9 +122,9 @@ fn prepare_transaction_after_a_fetch_is_refused() {
 #[test]
 fn take_home_table_with_integer_app_version_works_unchanged() {
     let queue = Emulator::shared().queue("integer_version");
-    let mut admin = cluster().connect("postgres");
+    let mut admin = shared_cluster().connect("postgres");
     admin.batch_execute("CREATE DATABASE integer_version").unwrap();
-    let mut db = cluster().connect("integer_version");
+    let mut db = shared_cluster().connect("integer_version");
     // The take-home's own DDL, created before the extension.
     db.batch_execute(
         "CREATE TABLE user_logins(user_id varchar(128), device_type varchar(32),

@@ -3,17 +3,10 @@
 //! `sqs_ingest.protocol = auto` or named; and Query forced against a server that speaks both.
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
-use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::take_home_like;
-use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator, Queue};
+use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn cluster() -> &'static Cluster {
-    Cluster::shared(&[], &AWS_ENV)
-}
 
 /// The take-home's data set, where shared/ lies beside the clone (CI, developers' machines).
 fn take_home_records() -> Option<PathBuf> {
@@ -33,17 +26,17 @@ fn fill_like_the_take_home(queue: &Queue) {
     }
 }
 
-fn point_at(db: &mut Client, queue: &Queue, protocol: &str) {
-    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'; SET sqs_ingest.protocol = '{protocol}'", queue.url))
-        .unwrap();
+fn point_at_in(db: &mut Client, queue_url: &str, protocol: &str) {
+    point_at(db, queue_url);
+    db.batch_execute(&format!("SET sqs_ingest.protocol = '{protocol}'")).unwrap();
 }
 
 #[test]
 fn take_home_messages_through_fetch_login_queue_on_a_query_only_server() {
     let queue = Emulator::shared_query_only().queue("takehome_fetch");
     fill_like_the_take_home(&queue);
-    let mut db = cluster().database("query_fetch");
-    point_at(&mut db, &queue, "auto");
+    let mut db = shared_cluster().database("query_fetch");
+    point_at_in(&mut db, &queue.url, "auto");
     db.batch_execute("SET sqs_ingest.visibility_timeout = 1").unwrap();
 
     // A rollback deletes nothing: the messages come back after their visibility timeout.
@@ -63,7 +56,7 @@ fn take_home_messages_through_fetch_login_queue_on_a_query_only_server() {
         "SentTimestamp read from XML"
     );
     assert_eq!(queue.counts(), (0, 0), "deleted after commit, in the Query protocol");
-    assert_eq!(cluster().log_lines("speaks only the SQS Query protocol"), 1, "the detection is logged once");
+    assert_eq!(shared_cluster().log_lines("speaks only the SQS Query protocol"), 1, "the detection is logged once");
 }
 
 #[test]
@@ -71,8 +64,7 @@ fn take_home_messages_through_the_worker_on_a_query_only_server() {
     let queue = Emulator::shared_query_only().queue("takehome_worker");
     fill_like_the_take_home(&queue);
     let c = Cluster::with_workers("query_worker", &queue.url, &[]);
-    let mut db = c.connect("postgres");
-    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    let mut db = c.with_extension("postgres");
     wait_until("99 rows and 1 dead letter", WAIT, || {
         count(&mut db, "SELECT count(*) FROM user_logins") == 99
             && count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters") == 1
@@ -85,8 +77,8 @@ fn take_home_messages_through_the_worker_on_a_query_only_server() {
 #[test]
 fn json_named_against_a_query_only_server_says_what_it_answered_and_what_to_set() {
     let queue = Emulator::shared_query_only().queue("json_named");
-    let mut db = cluster().database("query_json_named");
-    point_at(&mut db, &queue, "json");
+    let mut db = shared_cluster().database("query_json_named");
+    point_at_in(&mut db, &queue.url, "json");
     let err = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap_err();
     let e = err.as_db_error().unwrap();
     assert_eq!(e.code(), &SqlState::EXTERNAL_ROUTINE_EXCEPTION);
@@ -98,9 +90,9 @@ fn json_named_against_a_query_only_server_says_what_it_answered_and_what_to_set(
 #[test]
 fn query_errors_carry_the_code_and_message() {
     let emulator = Emulator::shared_query_only();
-    let mut db = cluster().database("query_errors");
+    let mut db = shared_cluster().database("query_errors");
     let missing = format!("{}/123456789012/no-such-queue", emulator.endpoint);
-    db.batch_execute(&format!("SET sqs_ingest.queue_url = '{missing}'; SET sqs_ingest.protocol = 'query'")).unwrap();
+    point_at_in(&mut db, &missing, "query");
     let err = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap_err();
     let e = err.as_db_error().unwrap();
     assert_eq!(e.code(), &SqlState::EXTERNAL_ROUTINE_EXCEPTION);
@@ -115,8 +107,8 @@ fn query_errors_carry_the_code_and_message() {
 fn query_named_against_a_server_that_speaks_both() {
     let queue = Emulator::shared().queue("query_named");
     queue.send(&take_home_like(30, 2023));
-    let mut db = cluster().database("query_named");
-    point_at(&mut db, &queue, "query");
+    let mut db = shared_cluster().database("query_named");
+    point_at_in(&mut db, &queue.url, "query");
     assert_eq!(fetch(&mut db, 100), 29);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters"), 1);
     assert_eq!(queue.counts(), (0, 0));
@@ -125,8 +117,8 @@ fn query_named_against_a_server_that_speaks_both() {
 #[test]
 fn cancel_during_a_query_long_poll_returns_promptly() {
     let queue = Emulator::shared_query_only().queue("query_cancel");
-    let mut db = cluster().database("query_cancel");
-    point_at(&mut db, &queue, "query");
+    let mut db = shared_cluster().database("query_cancel");
+    point_at_in(&mut db, &queue.url, "query");
     db.batch_execute("SET sqs_ingest.fetch_wait = 20").unwrap();
     let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let token = db.cancel_token();
@@ -134,7 +126,7 @@ fn cancel_during_a_query_long_poll_returns_promptly() {
         let result = db.query_one("SELECT fetch_login_queue(10)", &[]).map(|r| r.get::<_, i32>(0));
         (result, Instant::now())
     });
-    let mut watch = cluster().connect("query_cancel");
+    let mut watch = shared_cluster().connect("query_cancel");
     // The backend has sent its ReceiveMessage once it is inside the call for a while; the
     // emulator then holds the long poll open for 20 s.
     wait_until("the long poll to be under way", WAIT, || {

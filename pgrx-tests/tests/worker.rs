@@ -1,11 +1,9 @@
 //! The background worker: continuous ingestion, reload, restart, shutdown, idling, recovery.
 use postgres::Client;
+use sqs_ingest_it::fault::{FaultEndpoint, Mode};
 use sqs_ingest_it::logins::valid;
-use sqs_ingest_it::proxy::FaultProxy;
-use sqs_ingest_it::{count, fetch, wait_until, Cluster, Emulator};
+use sqs_ingest_it::{count, fetch, holds_for, wait_until, Cluster, Emulator, WAIT};
 use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(60);
 
 fn rows(db: &mut Client) -> i64 {
     count(db, "SELECT count(*) FROM user_logins")
@@ -24,8 +22,7 @@ fn reload(db: &mut Client, setting: &str, value: &str) {
 fn worker_drains_a_queue_of_300_and_reports_its_status() {
     let queue = Emulator::shared().queue("worker_drain");
     let c = Cluster::with_workers("worker_drain", &queue.url, &[]);
-    let mut db = c.connect("postgres");
-    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    let mut db = c.with_extension("postgres");
     queue.send(&valid(300, 71));
 
     wait_for_rows(&mut db, 300);
@@ -45,8 +42,7 @@ fn reload_switches_the_queue_and_worker_enabled_off_stops_polling() {
     let emulator = Emulator::shared();
     let (first, second) = (emulator.queue("reload_a"), emulator.queue("reload_b"));
     let c = Cluster::with_workers("reload", &first.url, &[]);
-    let mut db = c.connect("postgres");
-    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    let mut db = c.with_extension("postgres");
     first.send(&valid(5, 73));
     wait_for_rows(&mut db, 5);
 
@@ -59,12 +55,7 @@ fn reload_switches_the_queue_and_worker_enabled_off_stops_polling() {
         count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'disabled'") == 1
     });
     second.send(&valid(3, 83));
-    // A bounded look at something that must not happen: three seconds of no polling.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        assert_eq!(second.counts(), (3, 0), "a disabled worker receives nothing");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    holds_for("a disabled worker receiving nothing", Duration::from_secs(3), || second.counts() == (3, 0));
     reload(&mut db, "worker_enabled", "on");
     wait_for_rows(&mut db, 13);
 }
@@ -73,8 +64,7 @@ fn reload_switches_the_queue_and_worker_enabled_off_stops_polling() {
 fn terminated_worker_is_restarted_and_fast_shutdown_is_quick() {
     let queue = Emulator::shared().queue("restart");
     let c = Cluster::with_workers("restart", &queue.url, &["sqs_ingest.worker_wait = 20"]);
-    let mut db = c.connect("postgres");
-    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    let mut db = c.with_extension("postgres");
     wait_until("the worker to long-poll", WAIT, || {
         count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'polling'") == 1
     });
@@ -106,12 +96,9 @@ fn worker_idles_quietly_without_the_extension_then_starts() {
     wait_until("the worker to notice the missing extension", WAIT, || c.log_lines("is not created") == 1);
     let mut db = c.connect("postgres");
     // Several backoff rounds (1 s cap) pass; the log says it once and nothing is received.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        assert_eq!(queue.counts(), (5, 0));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(c.log_lines("is not created"), 1, "no log flood");
+    holds_for("nothing received and one log line", Duration::from_secs(3), || {
+        queue.counts() == (5, 0) && c.log_lines("is not created") == 1
+    });
     db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     wait_for_rows(&mut db, 5);
     // The worker logs its recovery just after the commit that made the rows visible.
@@ -122,22 +109,18 @@ fn worker_idles_quietly_without_the_extension_then_starts() {
 fn endpoint_down_then_back_loses_nothing() {
     let emulator = Emulator::shared();
     let queue = emulator.queue("endpoint_down");
-    let proxy = FaultProxy::start(emulator.port);
-    proxy.down(true);
+    let proxy = FaultEndpoint::start(emulator.port);
+    proxy.set(Mode::Down);
     let c = Cluster::with_workers("endpoint_down", &proxy.url_for(&queue.url), &[]);
-    let mut db = c.connect("postgres");
-    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    let mut db = c.with_extension("postgres");
     queue.send(&valid(10, 101));
     wait_until("the worker to back off", WAIT, || {
         count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'backing off' AND last_error LIKE 'could not reach%'") == 1
     });
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(c.log_lines("could not reach"), 1, "the outage is logged once");
+    // Several backoff rounds (1 s cap) pass: the outage is logged once.
+    holds_for("one log line for the outage", Duration::from_secs(3), || c.log_lines("could not reach") == 1);
 
-    proxy.down(false);
+    proxy.set(Mode::Relay);
     wait_for_rows(&mut db, 10);
     wait_until("the recovery to be logged", WAIT, || c.log_lines("ingesting again") == 1);
     wait_until("the deletes", WAIT, || queue.counts() == (0, 0));
@@ -147,8 +130,7 @@ fn endpoint_down_then_back_loses_nothing() {
 fn two_workers_and_a_caller_give_one_row_per_message() {
     let queue = Emulator::shared().queue("three_consumers");
     let c = Cluster::with_workers("three_consumers", &queue.url, &["sqs_ingest.workers = 2"]);
-    let mut db = c.connect("postgres");
-    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    let mut db = c.with_extension("postgres");
     assert_eq!(c.worker_pids().len(), 2);
     queue.send(&valid(300, 103));
     let mut caller = c.connect("postgres");
@@ -178,8 +160,8 @@ fn pg_cron_schedule_ingests() {
             "sqs_ingest.worker_enabled = off",
         ],
     );
-    let mut db = c.connect("postgres");
-    db.batch_execute("CREATE EXTENSION sqs_ingest; CREATE EXTENSION pg_cron").unwrap();
+    let mut db = c.with_extension("postgres");
+    db.batch_execute("CREATE EXTENSION pg_cron").unwrap();
     db.batch_execute("SELECT cron.schedule('login-ingest', '* * * * *', 'SELECT fetch_login_queue(100)')").unwrap();
     queue.send(&valid(10, 107));
     // pg_cron 1.4 runs minute schedules: the first run comes within a minute.

@@ -1,0 +1,99 @@
+//! Ingestion: received messages become rows, ledger entries and dead letters in the current
+//! transaction, and their deletion from SQS waits for COMMIT (xact.rs). `fetch` is the SQL entry
+//! point, `table` finds the table rows go to, `store` writes a batch.
+mod fetch;
+mod store;
+mod table;
+
+pub use store::{prune_ledger, Stored};
+pub use table::Target;
+
+use crate::errors::report;
+use crate::settings::FetchSettings;
+use crate::sqs::Received;
+use crate::{unkeyed, xact};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+use std::fmt;
+
+/// Bounds of `max`: enough for any cron interval, small enough to keep one call's memory bounded.
+pub const MAX_FETCH: i32 = 10_000;
+
+/// Stores one received batch in the current transaction and schedules its deletion from SQS
+/// for after COMMIT: the one path of fetch_login_queue and the workers alike.
+pub fn ingest(target: &Target, settings: &FetchSettings, received: Vec<Received>) -> Stored {
+    unkeyed::warn_once();
+    let stored = store::store(target, &received, &settings.masker, settings.sealer.as_ref());
+    let handles = received.into_iter().map(|m| m.receipt_handle).collect();
+    xact::delete_after_commit(&settings.queue, handles);
+    stored
+}
+
+#[derive(Debug)]
+pub enum IngestError {
+    BadMax(Option<i32>),
+    NoExtension,
+    NoTable(String),
+    NoColumn {
+        table: String,
+        column: &'static str,
+    },
+    ColumnType {
+        column: &'static str,
+        found: String,
+        expected: &'static str,
+    },
+    /// A statement of ours failed: `doing` says which.
+    Spi {
+        doing: &'static str,
+        error: String,
+    },
+}
+
+impl fmt::Display for IngestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IngestError::BadMax(Some(max)) => write!(f, "max must be between 1 and {MAX_FETCH}, not {max}"),
+            IngestError::BadMax(None) => write!(f, "max must be between 1 and {MAX_FETCH}, not NULL"),
+            IngestError::NoExtension => write!(f, "extension sqs_ingest is not created in this database"),
+            IngestError::NoTable(table) => write!(f, "table {table} does not exist"),
+            IngestError::NoColumn { table, column } => write!(f, "table {table} has no column \"{column}\""),
+            IngestError::ColumnType { column, found, expected } => {
+                write!(f, "column \"{column}\" of user_logins is {found}, but must be {expected}")
+            }
+            IngestError::Spi { doing, error } => write!(f, "{doing} failed: {error}"),
+        }
+    }
+}
+
+impl From<IngestError> for ErrorReport {
+    fn from(e: IngestError) -> Self {
+        let (code, hint) = match e {
+            IngestError::BadMax(_) => (
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "Pass a number of messages from 1 to 10000, e.g. SELECT fetch_login_queue(100);".to_owned(),
+            ),
+            IngestError::NoExtension => (
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "Run CREATE EXTENSION sqs_ingest in the database sqs_ingest.database names.".to_owned(),
+            ),
+            IngestError::NoTable(ref table) => (
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("Create {table} again (see the README for its columns), or recreate the extension."),
+            ),
+            IngestError::NoColumn { .. } => (
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                "user_logins needs the columns user_id, device_type, masked_ip, masked_device_id, locale, app_version and create_date.".to_owned(),
+            ),
+            IngestError::ColumnType { .. } => (
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                "See the README for the column types user_logins may have.".to_owned(),
+            ),
+            IngestError::Spi { .. } => (
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "The transaction is rolled back and its messages stay in the queue.".to_owned(),
+            ),
+        };
+        report(code, e.to_string(), &hint)
+    }
+}

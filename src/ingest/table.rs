@@ -1,0 +1,96 @@
+//! The table rows go to: `user_logins` in the extension's schema, and what its columns can hold.
+use super::IngestError;
+use pgrx::prelude::*;
+use sqs_ingest_core::masking::MASKED_LEN;
+use sqs_ingest_core::message::{AppVersionColumn, Columns};
+
+/// `user_logins` as found, with the limits its columns impose.
+pub struct Target {
+    pub table: String,
+    pub columns: Columns,
+}
+
+/// What a column can hold, as far as ingestion cares.
+enum Shape {
+    /// text, varchar or char, with its length limit.
+    Text(Option<usize>),
+    /// integer or bigint.
+    Integer,
+    Date,
+    Other,
+}
+
+impl Target {
+    pub fn resolve() -> Result<Target, IngestError> {
+        let spi = |doing| move |e: pgrx::spi::SpiError| IngestError::Spi { doing, error: e.to_string() };
+        // A scalar subquery: one row, NULL when the extension is not created here.
+        let table: String = Spi::get_one(
+            "SELECT (SELECT quote_ident(n.nspname) || '.user_logins' FROM pg_extension e \
+             JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'sqs_ingest')",
+        )
+        .map_err(spi("finding the extension's schema"))?
+        .ok_or(IngestError::NoExtension)?;
+        let found: Vec<(String, String, Option<i32>)> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT a.attname::text, t.typname::text, \
+                            CASE WHEN t.typname IN ('varchar', 'bpchar') AND a.atttypmod >= 4 \
+                                 THEN a.atttypmod - 4 END \
+                     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                    None,
+                    &[table.as_str().into()],
+                )?
+                .map(|r| {
+                    Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), r.get(3)?))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+        })
+        .map_err(spi("reading the columns of user_logins"))?;
+        if found.is_empty() {
+            return Err(IngestError::NoTable(table));
+        }
+        let shape = |name: &'static str| {
+            let (_, typname, limit) = found
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .ok_or_else(|| IngestError::NoColumn { table: table.clone(), column: name })?;
+            let shape = match typname.as_str() {
+                "text" | "varchar" | "bpchar" => Shape::Text(limit.map(|l| l as usize)),
+                "int4" | "int8" => Shape::Integer,
+                "date" => Shape::Date,
+                _ => Shape::Other,
+            };
+            let mismatch = move |expected| IngestError::ColumnType { column: name, found: typname.clone(), expected };
+            Ok((shape, mismatch))
+        };
+        let text = |name| match shape(name)? {
+            (Shape::Text(limit), _) => Ok(limit),
+            (_, mismatch) => Err(mismatch("text or varchar")),
+        };
+        for masked in ["masked_ip", "masked_device_id"] {
+            if matches!(text(masked)?, Some(limit) if limit < MASKED_LEN) {
+                return Err(IngestError::ColumnType {
+                    column: masked,
+                    found: format!("limited to fewer than {MASKED_LEN} characters"),
+                    expected: "able to hold a 64-character hex digest",
+                });
+            }
+        }
+        match shape("create_date")? {
+            (Shape::Date, _) => {}
+            (_, mismatch) => return Err(mismatch("date")),
+        }
+        let columns = Columns {
+            user_id: text("user_id")?,
+            device_type: text("device_type")?,
+            locale: text("locale")?,
+            app_version: match shape("app_version")? {
+                (Shape::Text(limit), _) => AppVersionColumn::Text(limit),
+                (Shape::Integer, _) => AppVersionColumn::Integer,
+                (_, mismatch) => return Err(mismatch("text, varchar, integer or bigint")),
+            },
+        };
+        Ok(Target { table, columns })
+    }
+}
