@@ -25,8 +25,17 @@ if ! pg_lsclusters -h | grep -q '^15 \+main .* online '; then
 fi
 port=$(pg_lsclusters -h | awk '$1 == 15 && $2 == "main" { print $3 }')
 data=$(pg_lsclusters -h | awk '$1 == 15 && $2 == "main" { print $6 }')
-psql_main() { runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p "$port" "$@"; }
+# From / : the postgres user may not enter the directory this runs in.
+psql_main() { (cd / && runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p "$port" "$@"); }
 token=$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+# Whatever happens from here (a failure, an interrupt), leave the cluster as it was found.
+restore() {
+  psql_main -d postgres -c 'DROP DATABASE IF EXISTS sqs_ingest_guard' || true
+  if $started; then pg_ctlcluster 15 main stop || true; fi
+  if $created; then pg_dropcluster 15 main || true; fi
+}
+trap restore EXIT
+trap "exit 130" INT TERM HUP
 psql_main -d postgres -c 'CREATE DATABASE sqs_ingest_guard'
 psql_main -d sqs_ingest_guard -c "CREATE TABLE someones_data(token text); INSERT INTO someones_data VALUES ('$token')"
 pid=$(head -n1 "$data/postmaster.pid")
@@ -41,9 +50,5 @@ check "15/main still exists" "pg_lsclusters -h | grep -q '^15 \+main '"
 check "15/main still runs, same postmaster (pid $pid)" \
   "[ \"\$(head -n1 '$data/postmaster.pid' 2>/dev/null)\" = $pid ]"
 check "its table still holds its row" "[ \"\$(psql_main -d sqs_ingest_guard -c 'TABLE someones_data' 2>/dev/null)\" = $token ]"
-
-psql_main -d postgres -c 'DROP DATABASE IF EXISTS sqs_ingest_guard' || true
-if $started; then pg_ctlcluster 15 main stop || true; fi
-if $created; then pg_dropcluster 15 main || true; fi
 if [ $status = 0 ]; then echo "cluster guard: 1 passed, 0 failed"; else echo "cluster guard: 0 passed, 1 failed"; fi
 exit $status

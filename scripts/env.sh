@@ -17,7 +17,7 @@ export SQS_INGEST_LOCALSTACK_VENV=$SQS_INGEST_CACHE/localstack-venv
 venv_with() {
   local dir=$1
   shift
-  local wanted="$* ${UV_ARGS:-}"
+  local wanted="$*${UV_ARGS:+ $UV_ARGS}"
   if [ "$(cat "$dir/.packages" 2>/dev/null)" != "$wanted" ]; then
     echo "==> python venv with $wanted in $dir"
     rm -rf "$dir"

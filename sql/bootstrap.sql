@@ -28,7 +28,13 @@ CREATE TABLE sqs_ingest.dead_letters (
     receive_count integer,
     received_at   timestamptz NOT NULL DEFAULT now(),
     reason        text NOT NULL,
-    body          text NOT NULL
+    body          text NOT NULL,
+    -- When the table refused the row (a constraint, a trigger, a missing partition): its error.
+    sqlstate        text,
+    error_message   text,
+    error_detail    text,
+    constraint_name text,
+    table_name      text
 );
 
 SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.processed_messages', '');

@@ -3,13 +3,16 @@
 -- so no reader needs (or has) any right to change it.
 REVOKE ALL ON FUNCTION @extschema@.fetch_login_queue(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.fetch_login_queue(integer) TO sqs_ingest_operator;
+REVOKE ALL ON FUNCTION @extschema@.retry_dead_letters(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.retry_dead_letters(bigint[]) TO sqs_ingest_operator;
 REVOKE ALL ON FUNCTION @extschema@.reveal_pii(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.reveal_pii(text) TO sqs_ingest_pii_reader;
 
 GRANT USAGE ON SCHEMA sqs_ingest TO sqs_ingest_operator, sqs_ingest_pii_reader;
 -- Pruning deletes old ledger entries, locking them first (which needs UPDATE).
 GRANT SELECT, INSERT, UPDATE, DELETE ON sqs_ingest.processed_messages TO sqs_ingest_operator;
-GRANT SELECT, INSERT, DELETE ON sqs_ingest.dead_letters TO sqs_ingest_operator;
+-- retry_dead_letters updates the dead letters refused again.
+GRANT SELECT, INSERT, UPDATE, DELETE ON sqs_ingest.dead_letters TO sqs_ingest_operator;
 GRANT USAGE ON SEQUENCE sqs_ingest.dead_letters_id_seq TO sqs_ingest_operator;
 GRANT INSERT ON sqs_ingest.pii_vault TO sqs_ingest_operator;
 GRANT SELECT ON sqs_ingest.worker_status TO sqs_ingest_operator;

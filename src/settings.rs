@@ -31,6 +31,8 @@ pub static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WORKER_WAIT: GucSetting<i32> = GucSetting::<i32>::new(MAX_WAIT_SECONDS);
 pub static WORKER_RESTART_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static WORKER_MAX_BACKOFF: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static WORKER_LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static WORKER_STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 
 /// SQS keeps a message at most 14 days, so no redelivery can come after that.
 const LEDGER_RETENTION_DEFAULT: i32 = 14 * 24 * 3600;
@@ -198,6 +200,26 @@ pub fn register() {
         3600,
         GucContext::Postmaster,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.worker_lock_timeout",
+        c"Longest wait of a worker's transaction for a lock (a user's LOCK TABLE, ALTER TABLE).",
+        c"The batch is then rolled back and retried with backoff; its messages stay in the queue.",
+        &WORKER_LOCK_TIMEOUT,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.worker_statement_timeout",
+        c"Longest run of a worker's transaction.",
+        c"The batch is then rolled back and retried with backoff; its messages stay in the queue.",
+        &WORKER_STATEMENT_TIMEOUT,
+        1_000,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"sqs_ingest.worker_max_backoff",

@@ -1,7 +1,10 @@
 //! The background workers: each long-polls the queue and ingests every batch in a transaction
 //! of its own, through the same code as fetch_login_queue.
 use crate::ingest::{self, IngestError, Target};
-use crate::settings::{self, WORKER_ENABLED, WORKER_MAX_BACKOFF, WORKER_RESTART_INTERVAL, WORKER_WAIT};
+use crate::settings::{
+    self, WORKER_ENABLED, WORKER_LOCK_TIMEOUT, WORKER_MAX_BACKOFF, WORKER_RESTART_INTERVAL, WORKER_STATEMENT_TIMEOUT,
+    WORKER_WAIT,
+};
 use crate::sqs::{self, SqsError};
 use crate::status::{self, State};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
@@ -184,24 +187,33 @@ fn round(index: usize, backlog: bool) -> Round {
 }
 
 /// Runs `body` in a transaction of its own: committed when it returns, rolled back (and the
-/// error returned as text) when it raises, so that an ERROR never ends the worker.
+/// error returned as text) when it raises, so that an ERROR never ends the worker. The
+/// transaction waits for a lock at most `sqs_ingest.worker_lock_timeout` and runs at most
+/// `sqs_ingest.worker_statement_timeout`: a user's LOCK TABLE delays ingestion, never wedges it.
 fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
-    // SAFETY: the worker is connected to a database and outside any transaction here.
+    // SAFETY: the worker is connected to a database and outside any transaction here; the
+    // statement timeout is disarmed below whichever way the transaction ends.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        enable_timeout_after(STATEMENT_TIMEOUT, WORKER_STATEMENT_TIMEOUT.get());
     }
-    let result = PgTryBuilder::new(|| Ok(body()))
-        .catch_others(|caught| {
-            Err(match caught {
-                CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e.message().to_owned(),
-                CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
-            })
+    let result = PgTryBuilder::new(|| {
+        let lock_timeout = format!("SET LOCAL lock_timeout = {}", WORKER_LOCK_TIMEOUT.get());
+        Spi::run(&lock_timeout).map_err(|e| e.to_string())?;
+        Ok(body())
+    })
+    .catch_others(|caught| {
+        Err(match caught {
+            CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e.message().to_owned(),
+            CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
         })
-        .execute();
+    })
+    .execute();
     // SAFETY: ends the transaction started above, whichever way it went.
     unsafe {
+        disable_timeout(STATEMENT_TIMEOUT, false);
         match result {
             Ok(_) => {
                 pg_sys::PopActiveSnapshot();
@@ -212,6 +224,15 @@ fn in_transaction<R>(body: impl FnOnce() -> R + std::panic::UnwindSafe) -> Resul
     }
     result
 }
+
+// pgrx 0.18 does not bind utils/timeout.h. A background worker's statement timeout is not armed
+// by Postgres (only a client's statements are): the worker arms it around each transaction.
+unsafe extern "C-unwind" {
+    fn enable_timeout_after(id: u32, delay_ms: std::ffi::c_int);
+    fn disable_timeout(id: u32, keep_indicator: bool);
+}
+/// STATEMENT_TIMEOUT of utils/timeout.h's TimeoutId: the fourth, from PostgreSQL 13 to 18.
+const STATEMENT_TIMEOUT: u32 = 3;
 
 fn shutdown_requested() -> bool {
     // SAFETY: a sig_atomic_t flag set by the SIGTERM handler.

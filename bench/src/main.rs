@@ -5,6 +5,7 @@ mod drains;
 mod latency;
 mod masking;
 mod memory;
+mod refusal;
 mod scaling;
 mod sqs;
 mod stats;
@@ -127,8 +128,8 @@ fn main() {
     let bench = Bench { args: &args, queue, cluster, emulator: &emulator };
     println!("{}", machine());
 
-    let sections: [fn(&Bench) -> Vec<Row>; 6] =
-        [masking::run, latency::first_call, drains::run, latency::send_to_row, memory::run, scaling::run];
+    let sections: [fn(&Bench) -> Vec<Row>; 7] =
+        [masking::run, latency::first_call, drains::run, latency::send_to_row, memory::run, scaling::run, refusal::run];
     let mut rows = Vec::new();
     for section in sections {
         let new = section(&bench);

@@ -5,5 +5,6 @@ pub mod message;
 pub mod query;
 pub mod received;
 pub mod redact;
+pub mod refusal;
 pub mod vault;
 pub mod version;

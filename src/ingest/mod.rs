@@ -1,7 +1,8 @@
 //! Ingestion: received messages become rows, ledger entries and dead letters in the current
-//! transaction, and their deletion from SQS waits for COMMIT (xact.rs). `fetch` is the SQL entry
-//! point, `table` finds the table rows go to, `store` writes a batch.
+//! transaction, and their deletion from SQS waits for COMMIT (xact.rs). `fetch` and `retry` are
+//! the SQL entry points, `table` finds the table rows go to, `store` writes a batch.
 mod fetch;
+mod retry;
 mod store;
 mod table;
 
@@ -48,6 +49,13 @@ pub enum IngestError {
         doing: &'static str,
         error: String,
     },
+}
+
+impl IngestError {
+    /// Maps an SPI failure of ours to the error it is, saying what was being done.
+    fn spi(doing: &'static str) -> impl Fn(pgrx::spi::SpiError) -> IngestError {
+        move |e| IngestError::Spi { doing, error: e.to_string() }
+    }
 }
 
 impl fmt::Display for IngestError {

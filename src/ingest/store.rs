@@ -1,34 +1,161 @@
 //! Writes one batch in the current transaction: rows and dead letters, each with its ledger
-//! entry in the same statement, through plans kept for the backend's life.
+//! entry in the same statement, through plans kept for the backend's life. A row the table
+//! refuses (a constraint, a trigger, a missing partition) becomes a dead letter, not a stall.
+use super::table::TABLE;
 use super::{IngestError, Target};
 use crate::errors::raise;
 use crate::sqs::Received;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::message::{self, AppVersion, AppVersionColumn};
+use sqs_ingest_core::refusal;
 use sqs_ingest_core::vault::Sealer;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 
-/// Inserts the batch's valid messages as rows and the others as dead letters, each with
-/// its ledger entry; ids already in the ledger are skipped. No INSERT can fail on data:
-/// everything was validated against the columns first.
+/// Inserts the batch's valid messages as rows and the others as dead letters, each with its
+/// ledger entry; ids already in the ledger are skipped. Rows are validated against the columns
+/// first; what the table itself refuses is found row by row (see [`insert_or_isolate`]).
 pub fn store(target: &Target, batch: &[Received], masker: &Masker, sealer: Option<&Sealer>) -> Stored {
-    let mut good = Rows::default();
+    let (rows, mut dead) = parse(target, batch, masker, sealer);
+    let stored = insert_or_isolate(target, &rows, &mut dead, masker);
+    let dead_letters = dead.insert(target);
+    Stored { rows: stored, dead_letters, duplicates: batch.len() as i32 - stored - dead_letters }
+}
+
+/// Stores the kept bodies of dead letters again (retry_dead_letters), whose ip and device_id
+/// were masked when they were kept; their ledger entries were removed first. Returns the rows
+/// inserted and the ids of the messages that are dead letters again, whose dead letters get
+/// their new reason and error, and their ledger entries back.
+pub fn restore(target: &Target, batch: &[Received]) -> (i32, Vec<String>) {
+    let (rows, mut dead) = parse(target, batch, &Masker::AlreadyMasked, None);
+    let stored = insert_or_isolate(target, &rows, &mut dead, &Masker::AlreadyMasked);
+    let again = dead.message_id.clone();
+    dead.update(target);
+    (stored, again)
+}
+
+/// The batch's valid messages as rows, the others as dead letters; a message id given twice
+/// is taken once.
+fn parse<'a>(
+    target: &Target,
+    batch: &'a [Received],
+    masker: &Masker,
+    sealer: Option<&Sealer>,
+) -> (Vec<Row<'a>>, DeadLetters) {
+    let mut rows = Vec::with_capacity(batch.len());
     let mut dead = DeadLetters::default();
     let mut seen = HashSet::with_capacity(batch.len());
     for m in batch.iter().filter(|m| seen.insert(m.message_id.as_str())) {
         match message::parse(&m.body, &target.columns) {
-            Ok(login) => good.push(m, login, masker, sealer),
-            Err(reason) => dead.push(m, reason.to_string(), message::dead_letter_body(&m.body, masker)),
+            Ok(login) => rows.push(Row::new(m, login, masker, sealer)),
+            Err(reason) => dead.push(m, reason.to_string(), None, masker),
         }
     }
-    let rows = good.insert(&target.table, target.columns.app_version);
-    let dead_letters = dead.insert();
-    Stored { rows, dead_letters, duplicates: batch.len() as i32 - rows - dead_letters }
+    (rows, dead)
+}
+
+/// Inserts `rows` in one statement. When the table refuses it for a row's data (see
+/// [`refusal::is_about_the_row`]), inserts them again one by one, each in a subtransaction of
+/// its own, and dead-letters exactly those it refuses. Any other error is raised as it is.
+fn insert_or_isolate(target: &Target, rows: &[Row], dead: &mut DeadLetters, masker: &Masker) -> i32 {
+    if rows.is_empty() {
+        return 0;
+    }
+    match subtransaction(|| insert_rows(target, rows)) {
+        Ok(inserted) => inserted,
+        Err(error) => {
+            if refused(&error).is_none() {
+                error.rethrow();
+            }
+            // English messages name the constraint and relation (refusal::names).
+            let guc_level = messages_in_english();
+            let mut inserted = 0;
+            for row in rows {
+                match subtransaction(|| insert_rows(target, std::slice::from_ref(row))) {
+                    Ok(n) => inserted += n,
+                    Err(error) => match refused(&error) {
+                        Some(report) => dead.push(row.message, refusal_reason(target, report), Some(report), masker),
+                        None => error.rethrow(),
+                    },
+                }
+            }
+            // SAFETY: closes the GUC nesting level opened above, keeping nothing of it.
+            unsafe { pg_sys::AtEOXact_GUC(false, guc_level) };
+            inserted
+        }
+    }
+}
+
+/// The error's report when it is about the row's data.
+fn refused(error: &CaughtError) -> Option<&ErrorReportWithLevel> {
+    match error {
+        CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => {
+            refusal::is_about_the_row(&refusal::sqlstate(e.sql_error_code() as i32)).then_some(e)
+        }
+        CaughtError::RustPanic { .. } => None,
+    }
+}
+
+fn refusal_reason(target: &Target, report: &ErrorReportWithLevel) -> String {
+    format!("refused by {}: {}", target.table, report.message())
+}
+
+/// Sets lc_messages to C until the returned GUC nesting level is closed: a refusal's names are
+/// read from its message. Extension code may set it whatever the caller's privileges.
+fn messages_in_english() -> i32 {
+    // SAFETY: inside a transaction; the level is closed by AtEOXact_GUC, or by the abort of the
+    // transaction if an error escapes first.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"lc_messages".as_ptr(),
+            c"C".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    }
+}
+
+/// Runs `body` in a subtransaction of its own, as PL/pgSQL runs a block with an EXCEPTION
+/// clause: released when it returns; rolled back when it raises, and the error returned.
+fn subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, CaughtError> {
+    // SAFETY: every caller is inside a transaction; the memory context and resource owner are
+    // restored after the subtransaction ends either way, as PL/pgSQL restores them.
+    let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    let restore = || unsafe {
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+    }
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        let out = body();
+        // SAFETY: ends the subtransaction begun above, which is the current one.
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        restore();
+        Ok(out)
+    }))
+    .catch_others(|error| {
+        restore();
+        // SAFETY: rolls back the subtransaction begun above, which the error left current.
+        unsafe { pg_sys::RollbackAndReleaseCurrentSubTransaction() };
+        restore();
+        Err(error)
+    })
+    .execute()
 }
 
 /// What storing one batch did.
@@ -80,97 +207,113 @@ fn sent_at(m: &Received) -> Option<TimestampWithTimeZone> {
     m.sent_millis.and_then(message::pg_timestamp_from_unix_millis).and_then(|t| t.try_into().ok())
 }
 
-#[derive(Default)]
-struct Rows {
-    message_id: Vec<String>,
-    user_id: Vec<String>,
-    device_type: Vec<String>,
-    masked_ip: Vec<String>,
-    masked_device_id: Vec<String>,
-    locale: Vec<Option<String>>,
-    version_text: Vec<String>,
-    version_int: Vec<i32>,
-    sent_at: Vec<Option<TimestampWithTimeZone>>,
+/// A valid message as the values of its row.
+struct Row<'a> {
+    message: &'a Received,
+    user_id: String,
+    device_type: String,
+    masked_ip: String,
+    masked_device_id: String,
+    locale: Option<String>,
+    app_version: AppVersion<'a>,
+    sent_at: Option<TimestampWithTimeZone>,
     /// The originals, sealed, when recovery is on (sqs_ingest.recovery_key).
-    sealed_ip: Vec<Vec<u8>>,
-    sealed_device_id: Vec<Vec<u8>>,
+    sealed: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-impl Rows {
-    fn push(&mut self, m: &Received, login: message::Login, masker: &Masker, sealer: Option<&Sealer>) {
+impl<'a> Row<'a> {
+    fn new(m: &'a Received, login: message::Login<'a>, masker: &Masker, sealer: Option<&Sealer>) -> Row<'a> {
         let masked_ip = masker.mask(&login.ip);
         let masked_device_id = masker.mask(&login.device_id);
-        if let Some(sealer) = sealer {
-            self.sealed_ip.push(sealer.seal(&masked_ip, &login.ip));
-            self.sealed_device_id.push(sealer.seal(&masked_device_id, &login.device_id));
+        let sealed = sealer.map(|s| (s.seal(&masked_ip, &login.ip), s.seal(&masked_device_id, &login.device_id)));
+        Row {
+            message: m,
+            user_id: login.user_id.into_owned(),
+            device_type: login.device_type.into_owned(),
+            masked_ip,
+            masked_device_id,
+            locale: login.locale.map(|l| l.into_owned()),
+            app_version: login.app_version,
+            sent_at: sent_at(m),
+            sealed,
         }
-        self.message_id.push(m.message_id.clone());
-        self.user_id.push(login.user_id.into_owned());
-        self.device_type.push(login.device_type.into_owned());
-        self.masked_ip.push(masked_ip);
-        self.masked_device_id.push(masked_device_id);
-        self.locale.push(login.locale.map(|l| l.into_owned()));
-        match login.app_version {
-            AppVersion::Text(v) => self.version_text.push(v.into_owned()),
-            AppVersion::Integer(v) => self.version_int.push(v),
-        }
-        self.sent_at.push(sent_at(m));
     }
+}
 
-    fn insert(self, table: &str, version: AppVersionColumn) -> i32 {
-        if self.message_id.is_empty() {
-            return 0;
-        }
-        let (version_type, versions): (&str, DatumWithOid) = match version {
-            AppVersionColumn::Text(_) => ("text", self.version_text.into()),
-            AppVersionColumn::Integer => ("int4", self.version_int.into()),
+/// Inserts `rows` and their ledger entries in one statement; how many rows it inserted.
+fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
+    let column = |f: fn(&Row) -> String| -> DatumWithOid { rows.iter().map(f).collect::<Vec<_>>().into() };
+    let (version_type, versions): (&str, DatumWithOid) = match target.columns.app_version {
+        AppVersionColumn::Text(_) => (
+            "text",
+            rows.iter()
+                .map(|r| match &r.app_version {
+                    AppVersion::Text(v) => v.to_string(),
+                    AppVersion::Integer(v) => v.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        AppVersionColumn::Integer => (
+            "int4",
+            rows.iter()
+                .map(|r| match r.app_version {
+                    AppVersion::Integer(v) => v,
+                    AppVersion::Text(_) => unreachable!("an integer column gets integer versions"),
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+    };
+    let sealing = rows[0].sealed.is_some();
+    // The originals are sealed under their masked values, once each: the first seal stays.
+    let vault = if sealing {
+        ", vault AS (
+            INSERT INTO sqs_ingest.pii_vault (masked, sealed)
+            SELECT v.masked, v.sealed FROM batch JOIN fresh USING (message_id),
+                LATERAL (VALUES (masked_ip, sealed_ip), (masked_device_id, sealed_device_id))
+                AS v(masked, sealed)
+            ON CONFLICT DO NOTHING
+         )"
+    } else {
+        ""
+    };
+    let sealed_columns = if sealing { ", $9::bytea[], $10::bytea[]" } else { "" };
+    let sealed_names = if sealing { ", sealed_ip, sealed_device_id" } else { "" };
+    let table = &target.table;
+    let sql = ledgered(
+        &format!(
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::{version_type}[], $8::timestamptz[]{sealed_columns})
+                AS b(message_id, user_id, device_type, masked_ip, masked_device_id, locale,
+                     app_version, sent_at{sealed_names})"
+        ),
+        vault,
+        &format!(
+            "INSERT INTO {table}
+                (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
+             SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,
+                    (coalesce(sent_at, now()) AT TIME ZONE 'UTC')::date"
+        ),
+    );
+    let mut args: Vec<DatumWithOid> = vec![
+        column(|r| r.message.message_id.clone()),
+        column(|r| r.user_id.clone()),
+        column(|r| r.device_type.clone()),
+        column(|r| r.masked_ip.clone()),
+        column(|r| r.masked_device_id.clone()),
+        rows.iter().map(|r| r.locale.clone()).collect::<Vec<_>>().into(),
+        versions,
+        rows.iter().map(|r| r.sent_at).collect::<Vec<_>>().into(),
+    ];
+    if sealing {
+        let sealed = |f: fn(&(Vec<u8>, Vec<u8>)) -> Vec<u8>| -> DatumWithOid {
+            rows.iter().map(|r| r.sealed.as_ref().map(f).unwrap_or_default()).collect::<Vec<_>>().into()
         };
-        let sealing = !self.sealed_ip.is_empty();
-        // The originals are sealed under their masked values, once each: the first seal stays.
-        let vault = if sealing {
-            ", vault AS (
-                INSERT INTO sqs_ingest.pii_vault (masked, sealed)
-                SELECT v.masked, v.sealed FROM batch JOIN fresh USING (message_id),
-                    LATERAL (VALUES (masked_ip, sealed_ip), (masked_device_id, sealed_device_id))
-                    AS v(masked, sealed)
-                ON CONFLICT DO NOTHING
-             )"
-        } else {
-            ""
-        };
-        let sealed_columns = if sealing { ", $9::bytea[], $10::bytea[]" } else { "" };
-        let sealed_names = if sealing { ", sealed_ip, sealed_device_id" } else { "" };
-        let sql = ledgered(
-            &format!(
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                     $6::text[], $7::{version_type}[], $8::timestamptz[]{sealed_columns})
-                    AS b(message_id, user_id, device_type, masked_ip, masked_device_id, locale,
-                         app_version, sent_at{sealed_names})"
-            ),
-            vault,
-            &format!(
-                "INSERT INTO {table}
-                    (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
-                 SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,
-                        (coalesce(sent_at, now()) AT TIME ZONE 'UTC')::date"
-            ),
-        );
-        let mut args: Vec<DatumWithOid> = vec![
-            self.message_id.into(),
-            self.user_id.into(),
-            self.device_type.into(),
-            self.masked_ip.into(),
-            self.masked_device_id.into(),
-            self.locale.into(),
-            versions,
-            self.sent_at.into(),
-        ];
-        if sealing {
-            args.push(self.sealed_ip.into());
-            args.push(self.sealed_device_id.into());
-        }
-        update(&sql, &args)
+        args.push(sealed(|s| s.0.clone()));
+        args.push(sealed(|s| s.1.clone()));
     }
+    update(&sql, &args)
 }
 
 #[derive(Default)]
@@ -180,35 +323,103 @@ struct DeadLetters {
     receive_count: Vec<Option<i32>>,
     reason: Vec<String>,
     body: Vec<String>,
+    sqlstate: Vec<Option<String>>,
+    error_message: Vec<Option<String>>,
+    error_detail: Vec<Option<String>>,
+    constraint_name: Vec<Option<String>>,
+    table_name: Vec<Option<String>>,
 }
 
 impl DeadLetters {
-    fn push(&mut self, m: &Received, reason: String, body: String) {
+    /// A message that cannot become a row: `refused` is the table's error when the table
+    /// refused its row. The body is kept with its ip and device_id masked.
+    fn push(&mut self, m: &Received, reason: String, refused: Option<&ErrorReportWithLevel>, masker: &Masker) {
         self.message_id.push(m.message_id.clone());
         self.sent_at.push(sent_at(m));
         self.receive_count.push(m.receive_count);
         self.reason.push(reason);
-        self.body.push(body);
+        self.body.push(message::dead_letter_body(&m.body, masker));
+        let (constraint, relation) = refused.map(|e| refusal::names(e.message())).unwrap_or_default();
+        // A refusal the message names no relation in (a unique index, a trigger) is the table's.
+        let relation = relation.or_else(|| refused.map(|_| TABLE.to_owned()));
+        self.sqlstate.push(refused.map(|e| refusal::sqlstate(e.sql_error_code() as i32)));
+        self.error_message.push(refused.map(|e| e.message().to_owned()));
+        self.error_detail.push(refused.and_then(|e| e.detail().map(str::to_owned)));
+        self.constraint_name.push(constraint);
+        self.table_name.push(relation);
     }
 
-    fn insert(self) -> i32 {
+    /// Updates the existing dead letters of these messages with their new reason and error,
+    /// and puts their ledger entries back.
+    fn update(self, target: &Target) {
+        if self.message_id.is_empty() {
+            return;
+        }
+        let errors = if target.dead_letter_errors {
+            ", sqlstate = b.sqlstate, error_message = b.error_message, error_detail = b.error_detail,
+               constraint_name = b.constraint_name, table_name = b.table_name"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "WITH ledger AS (
+                INSERT INTO sqs_ingest.processed_messages (message_id)
+                SELECT unnest($1::text[]) ON CONFLICT DO NOTHING
+             )
+             UPDATE sqs_ingest.dead_letters d SET reason = b.reason{errors}
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+                 AS b(message_id, reason, sqlstate, error_message, error_detail, constraint_name, table_name)
+             WHERE d.message_id = b.message_id"
+        );
+        let args: [DatumWithOid; 7] = [
+            self.message_id.into(),
+            self.reason.into(),
+            self.sqlstate.into(),
+            self.error_message.into(),
+            self.error_detail.into(),
+            self.constraint_name.into(),
+            self.table_name.into(),
+        ];
+        update(&sql, &args);
+    }
+
+    fn insert(self, target: &Target) -> i32 {
         if self.message_id.is_empty() {
             return 0;
         }
-        let sql = ledgered(
-            "SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[])
-                AS b(message_id, sent_at, receive_count, reason, body)",
-            "",
-            "INSERT INTO sqs_ingest.dead_letters (message_id, sent_at, receive_count, reason, body)
-             SELECT message_id, sent_at, receive_count, reason, body",
-        );
-        let args: [DatumWithOid; 5] = [
+        let mut args: Vec<DatumWithOid> = vec![
             self.message_id.into(),
             self.sent_at.into(),
             self.receive_count.into(),
             self.reason.into(),
             self.body.into(),
         ];
+        let (types, names) = if target.dead_letter_errors {
+            args.extend([
+                self.sqlstate.into(),
+                self.error_message.into(),
+                self.error_detail.into(),
+                self.constraint_name.into(),
+                self.table_name.into(),
+            ]);
+            (
+                ", $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]",
+                ", sqlstate, error_message, error_detail, constraint_name, table_name",
+            )
+        } else {
+            ("", "")
+        };
+        let sql = ledgered(
+            &format!(
+                "SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[]{types})
+                    AS b(message_id, sent_at, receive_count, reason, body{names})"
+            ),
+            "",
+            &format!(
+                "INSERT INTO sqs_ingest.dead_letters (message_id, sent_at, receive_count, reason, body{names})
+                 SELECT message_id, sent_at, receive_count, reason, body{names}"
+            ),
+        );
         update(&sql, &args)
     }
 }
@@ -220,9 +431,8 @@ thread_local! {
     static PLANS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
-/// Runs an INSERT or DELETE through its kept plan and returns how many rows it touched. An SPI
-/// failure here is a bug or a broken table (a trigger, a constraint), so it is raised as the
-/// ERROR it is.
+/// Runs an INSERT or DELETE through its kept plan and returns how many rows it touched. An
+/// ERROR of the statement propagates as it is; an SPI failure is a bug, raised as such.
 fn update(sql: &str, args: &[DatumWithOid]) -> i32 {
     Spi::connect_mut(|client| {
         PLANS.with_borrow_mut(|plans| {

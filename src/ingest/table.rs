@@ -4,10 +4,16 @@ use pgrx::prelude::*;
 use sqs_ingest_core::masking::MASKED_LEN;
 use sqs_ingest_core::message::{AppVersionColumn, Columns};
 
+/// The table rows go to, in the extension's schema.
+pub const TABLE: &str = "user_logins";
+
 /// `user_logins` as found, with the limits its columns impose.
 pub struct Target {
     pub table: String,
     pub columns: Columns,
+    /// Whether sqs_ingest.dead_letters records a refusing table's error (sqlstate, ...): from
+    /// 0.2.0 on. A database still at 0.1.0 ingests as before until ALTER EXTENSION ... UPDATE.
+    pub dead_letter_errors: bool,
 }
 
 /// What a column can hold, as far as ingestion cares.
@@ -22,14 +28,15 @@ enum Shape {
 
 impl Target {
     pub fn resolve() -> Result<Target, IngestError> {
-        let spi = |doing| move |e: pgrx::spi::SpiError| IngestError::Spi { doing, error: e.to_string() };
-        // A scalar subquery: one row, NULL when the extension is not created here.
-        let table: String = Spi::get_one(
-            "SELECT (SELECT quote_ident(n.nspname) || '.user_logins' FROM pg_extension e \
-             JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'sqs_ingest')",
+        // Scalar subqueries: one row, NULLs when the extension is not created here.
+        let (table, version): (Option<String>, Option<String>) = Spi::get_two_with_args(
+            "SELECT (SELECT quote_ident(n.nspname) || '.' || quote_ident($1) FROM pg_extension e \
+                     JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'sqs_ingest'), \
+                    (SELECT extversion FROM pg_extension WHERE extname = 'sqs_ingest')",
+            &[TABLE.into()],
         )
-        .map_err(spi("finding the extension's schema"))?
-        .ok_or(IngestError::NoExtension)?;
+        .map_err(IngestError::spi("finding the extension's schema"))?;
+        let table = table.ok_or(IngestError::NoExtension)?;
         let found: Vec<(String, String, Option<i32>)> = Spi::connect(|client| {
             client
                 .select(
@@ -46,7 +53,7 @@ impl Target {
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
         })
-        .map_err(spi("reading the columns of user_logins"))?;
+        .map_err(IngestError::spi("reading the columns of user_logins"))?;
         if found.is_empty() {
             return Err(IngestError::NoTable(table));
         }
@@ -91,6 +98,6 @@ impl Target {
                 (_, mismatch) => return Err(mismatch("text, varchar, integer or bigint")),
             },
         };
-        Ok(Target { table, columns })
+        Ok(Target { table, columns, dead_letter_errors: version.as_deref() != Some("0.1.0") })
     }
 }

@@ -1,0 +1,159 @@
+//! Releases: a database created at 0.1.0 (the released install script kept in
+//! sql/sqs_ingest--0.1.0.sql) ingests with the current library, keeps its rows, ledger, dead
+//! letters, vault and grants through ALTER EXTENSION sqs_ingest UPDATE, and ends with exactly
+//! the schema of a fresh install of the current version.
+use postgres::Client;
+use sqs_ingest_it::cluster::BIN;
+use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::logins::valid;
+use sqs_ingest_it::secrets::RECOVERY_KEY;
+use sqs_ingest_it::{count, fetch, point_at, Cluster, Emulator};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIRST_RELEASE: &str = "0.1.0";
+
+fn cluster() -> &'static Cluster {
+    Cluster::shared(&[&format!("sqs_ingest.recovery_key = '{RECOVERY_KEY}'")], &AWS_ENV)
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// The current version, as the installed control file's default_version names it.
+fn current_version(db: &mut Client) -> String {
+    db.query_one("SELECT default_version FROM pg_available_extensions WHERE name = 'sqs_ingest'", &[]).unwrap().get(0)
+}
+
+/// Puts the first release's install script beside the installed extension, as a server that
+/// had 0.1.0 installed has it (cargo pgrx install writes only the current one).
+fn install_first_release() {
+    let out = Command::new(format!("{BIN}/pg_config")).arg("--sharedir").output().unwrap();
+    let sharedir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let name = format!("sqs_ingest--{FIRST_RELEASE}.sql");
+    std::fs::copy(root().join("sql").join(&name), sharedir.join("extension").join(&name)).unwrap();
+}
+
+/// `pg_dump --schema-only --binary-upgrade` of `db`, which (unlike a plain dump) lists every
+/// object of the extension, with the object ids that differ between databases left out.
+fn schema(db: &str) -> String {
+    let out = Command::new(format!("{BIN}/pg_dump"))
+        .args(["--schema-only", "--binary-upgrade", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-p", &cluster().port.to_string(), db])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_dump {db}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        // \restrict and \unrestrict carry a random key of each dump.
+        .filter(|l| {
+            !l.starts_with("--")
+                && !l.trim().is_empty()
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+        })
+        .filter(|l| !l.contains("binary_upgrade_set_next_") && !l.contains("binary_upgrade_set_record_init_privs"))
+        // Sequence positions are data: the upgraded database has dead letters.
+        .filter(|l| !l.contains("pg_catalog.setval("))
+        .map(without_oids)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The line with every quoted literal of digits (object ids, transaction ids, arrays of them:
+/// `'16412'`, `'{16390,16400}'`) written `'#'`: they differ between any two databases.
+fn without_oids(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut parts = line.split('\'');
+    out.push_str(parts.next().unwrap_or_default());
+    for (i, part) in parts.enumerate() {
+        out.push('\'');
+        let quoted = i % 2 == 0;
+        let number = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit() || b"{},".contains(&b));
+        out.push_str(if quoted && number { "#" } else { part });
+    }
+    out
+}
+
+#[test]
+fn update_from_the_first_release_keeps_everything_and_equals_a_fresh_install() {
+    install_first_release();
+    let queue = Emulator::shared().queue("upgrade");
+    let mut admin = cluster().connect("postgres");
+    for name in ["upgraded", "fresh"] {
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    }
+    let mut db = cluster().connect("upgraded");
+    db.batch_execute(&format!("CREATE EXTENSION sqs_ingest VERSION '{FIRST_RELEASE}'")).unwrap();
+    db.batch_execute("DROP ROLE IF EXISTS upgrade_operator; CREATE ROLE upgrade_operator IN ROLE sqs_ingest_operator")
+        .unwrap();
+
+    // Ingest at 0.1.0 with the current library: rows, ledger entries, a dead letter, vault entries.
+    point_at(&mut db, &queue.url);
+    let mut bodies = valid(10, 61);
+    bodies.push("not json".to_owned());
+    queue.send(&bodies);
+    assert_eq!(fetch(&mut db, 100), 10);
+    let state = |db: &mut Client| {
+        [
+            "SELECT count(*) FROM user_logins",
+            "SELECT count(*) FROM sqs_ingest.processed_messages",
+            "SELECT count(*) FROM sqs_ingest.dead_letters",
+            "SELECT count(*) FROM sqs_ingest.pii_vault",
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = 'upgrade_operator'",
+        ]
+        .map(|sql| count(db, sql))
+    };
+    let grants = |db: &mut Client| -> Vec<String> {
+        db.query(
+            "SELECT grantee || ' ' || privilege_type || ' ' || table_schema || '.' || table_name
+             FROM information_schema.role_table_grants WHERE grantee LIKE 'sqs_ingest%'
+             UNION ALL
+             SELECT grantee || ' ' || privilege_type || ' ' || routine_name
+             FROM information_schema.role_routine_grants WHERE grantee LIKE 'sqs_ingest%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let before = state(&mut db);
+    assert_eq!(before, [10, 11, 1, 20, 1]);
+    let granted = grants(&mut db);
+
+    db.batch_execute("ALTER EXTENSION sqs_ingest UPDATE").unwrap();
+    let version: String =
+        db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'sqs_ingest'", &[]).unwrap().get(0);
+    assert_eq!(version, current_version(&mut db));
+    assert_ne!(version, FIRST_RELEASE);
+    assert_eq!(state(&mut db), before, "rows, ledger, dead letters, vault and role memberships survive");
+    let now = grants(&mut db);
+    let lost: Vec<&String> = granted.iter().filter(|g| !now.contains(g)).collect();
+    assert!(lost.is_empty(), "grants lost by the update: {lost:?}");
+
+    // The new version's behaviour: a row the table refuses is a dead letter with its error.
+    db.batch_execute("ALTER TABLE user_logins ADD CONSTRAINT no_windows CHECK (device_type <> 'windows')").unwrap();
+    let mut more = valid(3, 67);
+    more[1] = sqs_ingest_it::logins::with_field(&more[1], "device_type", "windows");
+    queue.send(&more);
+    assert_eq!(fetch(&mut db, 100), 2);
+    assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE constraint_name = 'no_windows'"), 1);
+
+    cluster().connect("fresh").batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    db.batch_execute("ALTER TABLE user_logins DROP CONSTRAINT no_windows").unwrap();
+    let (upgraded, fresh) = (schema("upgraded"), schema("fresh"));
+    if upgraded != fresh {
+        let diff: Vec<String> = upgraded
+            .lines()
+            .zip(fresh.lines())
+            .filter(|(a, b)| a != b)
+            .take(10)
+            .map(|(a, b)| format!("upgraded: {a}\n   fresh: {b}"))
+            .collect();
+        panic!("the updated schema differs from a fresh install's:\n{}", diff.join("\n"));
+    }
+}
