@@ -45,6 +45,9 @@ env = pg.get("environment", {})
 check("postgres points the worker at LocalStack's queue", env.get("SQS_QUEUE_URL") == QUEUE)
 check("postgres has test credentials and a region", env.get("AWS_ACCESS_KEY_ID") == "test" and env.get("AWS_REGION"))
 check("postgres does not probe instance metadata", env.get("AWS_EC2_METADATA_DISABLED") == "true")
+check("the masking key is a compose secret, installed as a file", "sqs_ingest_pii_key" in pg.get("secrets", []) and "sqs_ingest_pii_key" in compose.get("secrets", {}) and env.get("SQS_INGEST_PII_KEY_SECRET") == "/run/secrets/sqs_ingest_pii_key" and env.get("SQS_INGEST_PII_KEY_FILE"))
+check("the key file is neither in the repository nor in the build context", "docker/pii_key" in (ROOT / ".gitignore").read_text() and "docker/pii_key" in (ROOT / ".dockerignore").read_text())
+check("no key in the environment", not any("KEY" in k and k not in ("SQS_INGEST_PII_KEY_SECRET", "SQS_INGEST_PII_KEY_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") for k in env))
 check("postgres publishes 5432", "5432:5432" in pg.get("ports", []))
 check("postgres keeps its data in a volume", "pgdata:/var/lib/postgresql/data" in pg.get("volumes", []) and "pgdata" in compose.get("volumes", {}))
 check("postgres waits for a healthy localstack", pg.get("depends_on", {}).get("localstack", {}).get("condition") == "service_healthy")
@@ -75,6 +78,10 @@ for path in copied:
 check("the final stage installs pg_cron", "postgresql-15-cron" in dockerfile)
 check("both libraries are preloaded", "shared_preload_libraries = 'sqs_ingest,pg_cron'" in dockerfile)
 check("the image runs as postgres", re.search(r"^USER postgres$", dockerfile, re.M))
+check("the image's entrypoint installs the key, then runs the official one", 'ENTRYPOINT ["sqs-ingest-entrypoint.sh"]' in dockerfile and 'CMD ["postgres"]' in dockerfile)
+entrypoint = (ROOT / "docker/entrypoint.sh").read_text()
+check("the entrypoint installs the key file mode 600 and execs docker-entrypoint.sh", 'install -m 600 "$SQS_INGEST_PII_KEY_SECRET" "$SQS_INGEST_PII_KEY_FILE"' in entrypoint and 'exec docker-entrypoint.sh "$@"' in entrypoint)
+check("the entrypoint is executable", (ROOT / "docker/entrypoint.sh").stat().st_mode & 0o111)
 check("no secret is baked in", not re.search(r"^(ENV|ARG) .*(SECRET|PASSWORD|KEY)", dockerfile, re.M))
 for path in ["docker/initdb.d", "docker/localstack/ready.d"]:
     for script in (ROOT / path).iterdir():
@@ -86,6 +93,7 @@ for script in ["docker/initdb.d/10-sqs-ingest.sh", "docker/localstack/ready.d/10
     attr = subprocess.run(["git", "-C", str(ROOT), "check-attr", "eol", "--", script], capture_output=True, text=True).stdout
     check(f"{script} is checked out with LF line endings everywhere", attr.strip().endswith("eol: lf"))
 check("the init script takes the queue URL from the environment", "SQS_QUEUE_URL" in init)
+check("the init script sets the key file's path, never a key", "sqs_ingest.pii_key_file" in init and "sqs_ingest.pii_key =" not in init and "sqs_ingest.pii_key'" not in init)
 
 for f in failures:
     print(f"FAILED: {f}")

@@ -3,6 +3,7 @@ use pgrx::prelude::*;
 
 mod errors;
 mod ingest;
+mod keys;
 mod masking;
 mod recovery;
 mod settings;
@@ -22,6 +23,7 @@ pub extern "C-unwind" fn _PG_init() {
     // Only settings and registrations here: _PG_init runs in the postmaster before fork, so
     // no runtime, thread or client may be created yet.
     settings::register();
+    keys::register();
     // SAFETY: reads a flag Postgres sets while loading shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         status::allocate();

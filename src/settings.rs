@@ -1,5 +1,6 @@
 //! The `sqs_ingest.*` settings: their definitions, bounds, and a validated snapshot for one fetch.
 use crate::errors::report;
+use crate::keys;
 use crate::sqs::{ClientConfig, Protocol, Queue};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -79,22 +80,34 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"sqs_ingest.pii_key",
-        c"HMAC-SHA256 key for masking ip and device_id; empty: unkeyed SHA-256.",
-        c"",
-        &PII_KEY,
-        GucContext::Suset,
-        GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
-    );
-    GucRegistry::define_string_guc(
-        c"sqs_ingest.recovery_key",
-        c"AES-256 key (64 hex digits) sealing the original ip and device_id for reveal_pii; empty: nothing is kept.",
-        c"",
-        &RECOVERY_KEY,
-        GucContext::Suset,
-        GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
-    );
+    // Deprecated by the key files (keys.rs): a reload logs a changed value of any setting, and
+    // ALTER SYSTEM keeps it in postgresql.auto.conf. Kept so that a configuration using them
+    // keeps masking the same way, with a WARNING at every start and reload while set.
+    // SAFETY: the hook is a #[pg_guard] function that lives as long as the library.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"sqs_ingest.pii_key",
+            c"Deprecated: the HMAC-SHA256 key itself; use sqs_ingest.pii_key_file.",
+            c"",
+            &PII_KEY,
+            GucContext::Suset,
+            GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
+            Some(keys::warn_pii_key_in_configuration),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"sqs_ingest.recovery_key",
+            c"Deprecated: the AES-256 key itself (64 hex digits); use sqs_ingest.recovery_key_file.",
+            c"",
+            &RECOVERY_KEY,
+            GucContext::Suset,
+            GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
+            Some(keys::warn_recovery_key_in_configuration),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"sqs_ingest.fetch_wait",
         c"How long fetch_login_queue waits for messages per ReceiveMessage (0: short poll).",
@@ -269,7 +282,7 @@ impl From<SettingsError> for ErrorReport {
                 "Set it, e.g. ALTER SYSTEM SET sqs_ingest.region = 'us-east-1'; SELECT pg_reload_conf();"
             }
             SettingsError::RecoveryKey(_) => {
-                "Generate a key with openssl rand -hex 32 and set it in postgresql.conf, or set the setting to '' to keep no originals."
+                "Put a key made by openssl rand -hex 32 in a file only the server's user can read and set sqs_ingest.recovery_key_file to its path, or empty sqs_ingest.recovery_key to keep no originals."
             }
             _ => "Set it to the queue's URL, e.g. https://sqs.us-east-1.amazonaws.com/123456789012/login-queue or http://localhost:4566/000000000000/login-queue.",
         };
@@ -340,21 +353,30 @@ pub fn requests_in_flight() -> usize {
     REQUESTS_IN_FLIGHT.get() as usize
 }
 
-/// The recovery sealer, or None when `sqs_ingest.recovery_key` is empty.
+/// The recovery sealer: from `sqs_ingest.recovery_key_file`, else the deprecated
+/// `sqs_ingest.recovery_key`; None when neither is set.
 pub fn sealer() -> Result<Option<Sealer>, SettingsError> {
-    match text(&RECOVERY_KEY) {
+    let key =
+        keys::recovery_key().map(|k| String::from_utf8_lossy(&k).into_owned()).unwrap_or_else(|| text(&RECOVERY_KEY));
+    match key {
         key if key.is_empty() => Ok(None),
         key => Sealer::from_hex(&key).map(Some).map_err(SettingsError::RecoveryKey),
     }
 }
 
+/// The masking key: from `sqs_ingest.pii_key_file`, else the deprecated `sqs_ingest.pii_key`;
+/// empty when neither is set.
+fn pii_key() -> Vec<u8> {
+    keys::pii_key().unwrap_or_else(|| PII_KEY.get().map(|k| k.into_bytes()).unwrap_or_default())
+}
+
 /// Whether masking is keyed; unkeyed hashes of IPv4 addresses and device ids are reversible by
 /// enumeration.
 pub fn pii_key_is_set() -> bool {
-    PII_KEY.get().is_some_and(|k| !k.is_empty())
+    !pii_key().is_empty()
 }
 
 /// The masker for `mask_pii` and ingestion alike, so both always agree.
 pub fn masker() -> Masker {
-    Masker::new(PII_KEY.get().as_ref().map(|k| k.as_bytes()).unwrap_or_default())
+    Masker::new(&pii_key())
 }

@@ -1,4 +1,4 @@
-//! The one WARNING a server that ingests without `sqs_ingest.pii_key` logs: unkeyed hashes of
+//! The one WARNING a server that ingests without a masking key logs: unkeyed hashes of
 //! IPv4 addresses and device ids are reversible by enumeration.
 use crate::errors::report;
 use crate::settings;
@@ -32,7 +32,7 @@ pub fn warn_once() {
     report(
         PgSqlErrorCode::ERRCODE_WARNING,
         "sqs_ingest.pii_key is not set, so ip and device_id are masked with unkeyed SHA-256, which anyone can reverse by hashing every IPv4 address and device id".to_owned(),
-        "Set a secret key: ALTER SYSTEM SET sqs_ingest.pii_key = '<output of openssl rand -hex 32>'; SELECT pg_reload_conf(); (see the README, \"Masking\").",
+        "Put a secret key in a file only the server's user can read (openssl rand -hex 32 > FILE; chmod 600 FILE), then ALTER SYSTEM SET sqs_ingest.pii_key_file = 'FILE'; SELECT pg_reload_conf(); (see the README, \"Keys\").",
     )
     .report(PgLogLevel::WARNING);
 }

@@ -97,7 +97,7 @@ unsafe extern "C-unwind" fn on_subxact(
 fn delete_all(pending: Vec<Pending>) {
     let in_flight = crate::settings::requests_in_flight();
     for Pending { queue, handles, .. } in pending {
-        let queue_url = &queue.url;
+        let queue_url = sqs_ingest_core::redact::url(&queue.url);
         let limit = queue.delete_many_limit(handles.len(), in_flight);
         let done = sqs::run_with_deadline(queue.delete_many(&handles, in_flight), limit);
         let total = handles.len();

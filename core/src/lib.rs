@@ -1,5 +1,6 @@
 //! Pure logic of sqs_ingest, free of pgrx so it is unit-tested with `cargo test` and fuzzed.
 pub mod endpoint;
+pub mod key_file;
 pub mod masking;
 pub mod message;
 pub mod query;

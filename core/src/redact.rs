@@ -34,6 +34,16 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '_' | '-')
 }
 
+/// A URL as it may be shown: credentials in its authority (`http://user:secret@host`) replaced.
+pub fn url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let authority_end = url[start..].find('/').map_or(url.len(), |e| start + e);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}{REDACTED}{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;
@@ -55,5 +65,19 @@ mod tests {
         assert_eq!(redact(&format!("bad handle {handle}.")), "bad handle [redacted].");
         assert_eq!(redact("key AKIAIOSFODNN7EXAMPLE is unknown"), "key [redacted] is unknown");
         assert_eq!(redact(r#"unterminated "quote"#), r#"unterminated "[redacted]""#);
+    }
+
+    #[test]
+    fn credentials_in_urls_are_replaced() {
+        assert_eq!(
+            super::url("http://user:secret@host:4566/000000000000/q"),
+            "http://[redacted]@host:4566/000000000000/q"
+        );
+        assert_eq!(
+            super::url("https://sqs.us-east-1.amazonaws.com/1/q@x"),
+            "https://sqs.us-east-1.amazonaws.com/1/q@x"
+        );
+        assert_eq!(super::url("http://host"), "http://host");
+        assert_eq!(super::url("no url"), "no url");
     }
 }

@@ -10,6 +10,12 @@ pub mod secrets {
     pub const PII_KEY: &str = "pii-key-7f3a9c1e44";
     pub const RECOVERY_KEY: &str = "5f0c2a9e81d34b67a0e1f2c3d4b5a69788796a5b4c3d2e1f0a1b2c3d4e5f6071";
     pub const AWS_SECRET: &str = "aws-secret-5e8d2b7c91";
+    /// Keys the key-file tests write into files, set by reloads, and rotate.
+    pub const FILE_PII_KEY: &str = "file-pii-key-4d7b19e2c6";
+    pub const ROTATED_PII_KEY: &str = "rotated-pii-key-8a3f60d5b1";
+    pub const FILE_RECOVERY_KEY: &str = "9c1e5a7b3d2f4e6a8b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6";
+    /// Every secret above, for the scans.
+    pub const ALL: [&str; 6] = [PII_KEY, RECOVERY_KEY, AWS_SECRET, FILE_PII_KEY, ROTATED_PII_KEY, FILE_RECOVERY_KEY];
 }
 
 pub use cluster::Cluster;

@@ -3,6 +3,7 @@
 //! preloads both libraries as the image does (as the postgres user, in the database
 //! POSTGRES_DB names, as the entrypoint runs it), and after the restart the entrypoint would do,
 //! the worker ingests the queue.
+use sqs_ingest_it::cluster::BIN;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::{count, venv, wait_until, Cluster, Emulator};
 use std::path::Path;
@@ -18,7 +19,7 @@ fn root() -> &'static Path {
 /// Runs `script` with only `env` and a PATH with the venv's tools (awslocal) and PostgreSQL's.
 /// Its output goes to a file, not a pipe: a server it restarts inherits that output.
 fn run(script: &str, env: &[(&str, &str)], as_postgres: Option<&Cluster>) {
-    let path = format!("{}:/usr/lib/postgresql/15/bin:/usr/bin:/bin", venv().join("bin").display());
+    let path = format!("{}:{BIN}:/usr/bin:/bin", venv().join("bin").display());
     let (mut command, log) = match as_postgres {
         // As the entrypoint runs init scripts: as postgres, from a copy it can read.
         Some(c) => {
@@ -27,6 +28,7 @@ fn run(script: &str, env: &[(&str, &str)], as_postgres: Option<&Cluster>) {
             let mut command = Command::new("runuser");
             command.args(["-u", "postgres", "--", "env", "-i", &format!("PATH={path}")]);
             command.args(env.iter().map(|(k, v)| format!("{k}={v}"))).arg("bash").arg(copy);
+            command.current_dir(&c.dir);
             (command, c.dir.join("init-script.log"))
         }
         None => {
@@ -81,6 +83,17 @@ fn compose_up(name: &str, database: &str, sql_first: Option<&str>, pii_key: &str
         assert!(status.success(), "{sql}");
     }
     let data = c.data().to_str().unwrap().to_owned();
+    // What docker/entrypoint.sh installs from the compose secret: a file only postgres reads.
+    let key_file = c.dir.join("sqs_ingest_pii_key");
+    let key_path = if pii_key.is_empty() {
+        String::new()
+    } else {
+        std::fs::write(&key_file, format!("{pii_key}\n")).unwrap();
+        let chown = Command::new("chown").arg("postgres:").arg(&key_file).status().unwrap();
+        let chmod = Command::new("chmod").arg("600").arg(&key_file).status().unwrap();
+        assert!(chown.success() && chmod.success());
+        key_file.to_str().unwrap().to_owned()
+    };
     let pg_env = [
         ("PGDATA", data.as_str()),
         ("PGHOST", socket_dir.as_str()),
@@ -89,7 +102,7 @@ fn compose_up(name: &str, database: &str, sql_first: Option<&str>, pii_key: &str
         ("POSTGRES_DB", database),
         ("SQS_QUEUE_URL", queue.url.as_str()),
         ("AWS_REGION", "us-east-1"),
-        ("SQS_INGEST_PII_KEY", pii_key),
+        ("SQS_INGEST_PII_KEY_FILE", key_path.as_str()),
     ];
     run("docker/initdb.d/10-sqs-ingest.sh", &pg_env, Some(&c));
     c.restart(&AWS_ENV);
@@ -127,8 +140,13 @@ fn take_home_table_created_first_gets_integer_versions_in_a_database_of_its_own(
     let mut db = c.connect("takehome");
     // pg_cron lives in POSTGRES_DB too, and runs its jobs there.
     db.batch_execute("SELECT cron.schedule('sqs-ingest-check', '* * * * *', 'SELECT 1')").unwrap();
-    let set: String = db.query_one("SELECT current_setting('sqs_ingest.pii_key')", &[]).unwrap().get(0);
-    assert_eq!(set, key, "SQS_INGEST_PII_KEY, quote and all");
+    let set: String = db.query_one("SELECT current_setting('sqs_ingest.pii_key_file')", &[]).unwrap().get(0);
+    assert!(set.ends_with("/sqs_ingest_pii_key"), "the init script sets the path: {set}");
+    db.batch_execute("CREATE EXTENSION pgcrypto").unwrap();
+    let keyed = "SELECT mask_pii('1.2.3.4') = encode(hmac('1.2.3.4', 'take-home''s key', 'sha256'), 'hex')";
+    assert!(db.query_one(keyed, &[]).unwrap().get::<_, bool>(0), "masked under the key in the file, quote and all");
+    let auto_conf = std::fs::read_to_string(c.data().join("postgresql.auto.conf")).unwrap();
+    assert!(!auto_conf.contains(key), "no key in postgresql.auto.conf");
     assert_eq!(
         count(&mut db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'user_logins' AND column_name = 'app_version' AND data_type = 'integer'"),
         1

@@ -1,6 +1,6 @@
 //! Runs after the whole suite (scripts/test.sh): every server log the suite's clusters wrote
 //! must be free of the secrets they were given, receipt handles and raw PII from messages.
-use sqs_ingest_it::secrets::{AWS_SECRET, PII_KEY, RECOVERY_KEY};
+use sqs_ingest_it::secrets;
 
 /// Dotted quads other than the loopback and wildcard addresses the tests connect to.
 fn ipv4_addresses(line: &str) -> Vec<&str> {
@@ -46,8 +46,7 @@ fn server_logs_hold_no_secret_receipt_handle_or_raw_pii() {
     for log in &logs {
         for line in std::fs::read_to_string(log).unwrap().lines() {
             lines += 1;
-            let mut found: Vec<&str> =
-                [PII_KEY, RECOVERY_KEY, AWS_SECRET].into_iter().filter(|s| line.contains(s)).collect();
+            let mut found: Vec<&str> = secrets::ALL.into_iter().filter(|s| line.contains(s)).collect();
             found.extend(ipv4_addresses(line));
             found.extend(device_ids(line));
             found.extend(long_tokens(line));

@@ -48,10 +48,10 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Where requests go, for error messages.
+    /// Where requests go, for error messages: without credentials a URL may carry.
     pub fn target(&self) -> String {
         match &self.endpoint {
-            Some(e) => e.clone(),
+            Some(e) => sqs_ingest_core::redact::url(e),
             None => format!("SQS in {}", self.region),
         }
     }

@@ -1,0 +1,120 @@
+//! Keys from files, set the way the README says (ALTER SYSTEM of the path, then a reload): they
+//! key masking and recovery, a reload reads them again (rotation), a file others may read is
+//! refused with a clear message, and no key reaches the server log, postgresql.auto.conf or a
+//! base backup of the cluster.
+use postgres::error::SqlState;
+use postgres::Client;
+use sqs_ingest_it::emulator::AWS_ENV;
+use sqs_ingest_it::logins::{field, valid};
+use sqs_ingest_it::secrets::{self, FILE_PII_KEY, FILE_RECOVERY_KEY, ROTATED_PII_KEY};
+use sqs_ingest_it::{cluster::BIN, count, fetch, point_at, wait_until, Cluster, Emulator, WAIT};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Writes `content` and a newline to `dir/name`, owned by the postgres user, with `mode`.
+fn key_file(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{content}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let status = Command::new("chown").arg("postgres:").arg(&path).status().unwrap();
+    assert!(status.success());
+    path
+}
+
+fn reload(db: &mut Client, sql: &str) {
+    db.batch_execute(sql).unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+/// Whether a new session masks with HMAC-SHA256 under `key`: the reload has reached it.
+fn masks_under(c: &Cluster, key: &str) -> bool {
+    let sql = format!("SELECT mask_pii('1.2.3.4') = encode(hmac('1.2.3.4', '{key}', 'sha256'), 'hex')");
+    c.connect("postgres").query_one(sql.as_str(), &[]).unwrap().get(0)
+}
+
+/// Files under `dir` that hold any of the secrets.
+fn holding_secrets(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let text = String::from_utf8_lossy(&bytes);
+                found.extend(
+                    secrets::ALL.iter().filter(|s| text.contains(*s)).map(|s| format!("{}: {s}", path.display())),
+                );
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn keys_come_from_files_are_read_again_on_reload_and_never_reach_a_log_or_a_configuration_file() {
+    let queue = Emulator::shared().queue("keys");
+    let c = Cluster::start("keys", &["sqs_ingest.worker_enabled = off".to_owned()], &AWS_ENV);
+    let keys = c.dir.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let pii = key_file(&keys, "pii_key", FILE_PII_KEY, 0o600);
+    let recovery = key_file(&keys, "recovery_key", FILE_RECOVERY_KEY, 0o600);
+    let mut db = c.with_extension("postgres");
+    db.batch_execute("CREATE EXTENSION pgcrypto").unwrap();
+
+    // As the README says: ALTER SYSTEM of the paths, then a reload.
+    db.batch_execute(&format!("ALTER SYSTEM SET sqs_ingest.pii_key_file = '{}'", pii.display())).unwrap();
+    reload(&mut db, &format!("ALTER SYSTEM SET sqs_ingest.recovery_key_file = '{}'", recovery.display()));
+    wait_until("the reload to reach new sessions", WAIT, || masks_under(&c, FILE_PII_KEY));
+    let mut db = c.connect("postgres");
+    point_at(&mut db, &queue.url);
+    let bodies = valid(5, 71);
+    queue.send(&bodies);
+    assert_eq!(fetch(&mut db, 10), 5);
+    let ip = field(&bodies[0], "ip");
+    let revealed: String = db
+        .query_one(&format!("SELECT reveal_pii(masked_ip) FROM user_logins WHERE masked_ip = mask_pii('{ip}')"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(revealed, ip, "the recovery key from its file seals and opens");
+    assert_eq!(c.log_lines("pii_key is not set"), 0, "keyed: no unkeyed warning");
+
+    // Rotation: the same path, a new key in the file; a reload reads it again.
+    key_file(&keys, "pii_key", ROTATED_PII_KEY, 0o600);
+    reload(&mut db, "SELECT 1");
+    wait_until("the rotated key", WAIT, || masks_under(&c, ROTATED_PII_KEY));
+
+    // A file others may read is refused: SET fails with a DETAIL, a reload keeps the last key.
+    let loose = key_file(&keys, "loose_key", FILE_PII_KEY, 0o644);
+    let err = db.batch_execute(&format!("SET sqs_ingest.pii_key_file = '{}'", loose.display())).unwrap_err();
+    let err = err.as_db_error().unwrap();
+    assert_eq!(err.code(), &SqlState::INVALID_PARAMETER_VALUE);
+    assert!(err.detail().is_some_and(|d| d.contains("mode 0644") && d.contains("chmod 600")), "{:?}", err.detail());
+    std::fs::set_permissions(&pii, std::fs::Permissions::from_mode(0o640)).unwrap();
+    reload(&mut db, "SELECT 1");
+    wait_until("the refusal to be logged", WAIT, || c.log_lines("cannot be used: it is open to group or others") >= 1);
+    assert!(masks_under(&c, ROTATED_PII_KEY), "the last good key stays");
+    assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 5);
+
+    // Nothing holds a key: the log, postgresql.auto.conf (the paths only), a base backup.
+    let backup = c.dir.join("backup");
+    let status = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{BIN}/pg_basebackup"), "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-p", &c.port.to_string(), "-X", "fetch", "-D"])
+        .arg(&backup)
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_basebackup");
+    let auto_conf = std::fs::read_to_string(c.data().join("postgresql.auto.conf")).unwrap();
+    assert!(auto_conf.contains(&pii.display().to_string()), "{auto_conf}");
+    let mut found = holding_secrets(&c.data());
+    found.extend(holding_secrets(&backup));
+    found.extend(secrets::ALL.iter().filter(|s| c.log_text().contains(*s)).map(|s| format!("server.log: {s}")));
+    assert!(found.is_empty(), "{found:?}");
+    let log = c.log_text();
+    let changed: Vec<&str> = log.lines().filter(|l| l.contains("key_file\" changed to")).collect();
+    println!("what the reload logged:\n{}", changed.join("\n"));
+    assert_eq!(changed.len(), 2, "the reload logs both paths, and only paths");
+}

@@ -1,0 +1,203 @@
+//! Keys read from files, as PostgreSQL reads `ssl_key_file`: `sqs_ingest.pii_key_file` and
+//! `sqs_ingest.recovery_key_file` hold paths, never keys, so that no reload log line,
+//! postgresql.auto.conf or base backup ever holds a key. Each file is read and checked when its
+//! setting is set (server start, SET, and every reload), in every process.
+use crate::errors::report;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use sqs_ingest_core::key_file;
+use sqs_ingest_core::vault::Sealer;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+pub static PII_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static RECOVERY_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The keys the files held when their settings were last assigned in this process.
+static PII_KEY: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+static RECOVERY_KEY: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+
+pub fn register() {
+    // SAFETY: the hooks are #[pg_guard] functions that live as long as the library.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"sqs_ingest.pii_key_file",
+            c"File holding the HMAC-SHA256 key for masking ip and device_id; empty: unkeyed SHA-256 (or sqs_ingest.pii_key).",
+            c"Owned by the server's user with mode 0600, or by root with mode 0640 at most; read again on every reload.",
+            &PII_KEY_FILE,
+            GucContext::Suset,
+            GucFlags::SUPERUSER_ONLY,
+            Some(check_pii_key_file),
+            Some(assign_pii_key_file),
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"sqs_ingest.recovery_key_file",
+            c"File holding the AES-256 key (64 hex digits) sealing originals for reveal_pii; empty: none kept (or sqs_ingest.recovery_key).",
+            c"Owned by the server's user with mode 0600, or by root with mode 0640 at most; read again on every reload.",
+            &RECOVERY_KEY_FILE,
+            GucContext::Suset,
+            GucFlags::SUPERUSER_ONLY,
+            Some(check_recovery_key_file),
+            Some(assign_recovery_key_file),
+            None,
+        );
+    }
+}
+
+/// The masking key from `sqs_ingest.pii_key_file`, if it names one.
+pub fn pii_key() -> Option<Vec<u8>> {
+    PII_KEY.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The recovery key (64 hex digits) from `sqs_ingest.recovery_key_file`, if it names one.
+pub fn recovery_key() -> Option<Vec<u8>> {
+    RECOVERY_KEY.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Reads the key at `path`, refusing a file others may read and content that is no key.
+fn read(path: &str, recovery: bool) -> Result<Vec<u8>, String> {
+    let unreadable = |e: std::io::Error| format!("could not read it: {e}");
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".to_owned());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let server_user = unsafe { libc::geteuid() };
+    if let Some(problem) = key_file::permission_problem(meta.uid(), server_user, meta.mode()) {
+        return Err(problem);
+    }
+    let key = key_file::key_from(&std::fs::read(path).map_err(unreadable)?)?;
+    if recovery {
+        let hex = std::str::from_utf8(&key).map_err(|_| "it does not hold 64 hexadecimal digits".to_owned())?;
+        Sealer::from_hex(hex).map_err(|e| format!("it does not hold a usable key: {e}"))?;
+    }
+    Ok(key)
+}
+
+/// The check hook of both settings: reads the file and hands its key to the assign hook through
+/// `extra`; refuses the value, with the reason as the error's DETAIL, when the file will not do.
+unsafe fn check(newval: *mut *mut c_char, extra: *mut *mut c_void, recovery: bool) -> bool {
+    // SAFETY: Postgres passes the proposed value, a C string or NULL, and a slot for extra.
+    unsafe {
+        let path = if (*newval).is_null() { "" } else { CStr::from_ptr(*newval).to_str().unwrap_or("\u{FFFD}") };
+        if path.is_empty() {
+            *extra = std::ptr::null_mut();
+            return true;
+        }
+        match read(path, recovery) {
+            Ok(key) => {
+                *extra = extra_with(&key);
+                !(*extra).is_null()
+            }
+            Err(why) => {
+                let detail = CString::new(format!("The key file \"{path}\" cannot be used: {why}."))
+                    .unwrap_or_else(|_| c"The key file cannot be used.".to_owned());
+                pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+                false
+            }
+        }
+    }
+}
+
+/// `key` in memory Postgres owns and frees with the setting's value: its length, then its bytes.
+unsafe fn extra_with(key: &[u8]) -> *mut c_void {
+    let size = std::mem::size_of::<usize>() + key.len();
+    // SAFETY: a fresh allocation of `size` bytes, written within bounds; Postgres frees it.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        let block = libc::malloc(size) as *mut u8;
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        let block = pg_sys::guc_malloc(pg_sys::LOG as i32, size) as *mut u8;
+        if block.is_null() {
+            return std::ptr::null_mut();
+        }
+        (block as *mut usize).write_unaligned(key.len());
+        std::ptr::copy_nonoverlapping(key.as_ptr(), block.add(std::mem::size_of::<usize>()), key.len());
+        block as *mut c_void
+    }
+}
+
+/// The key an `extra` of [`extra_with`] holds; None for no key.
+unsafe fn key_in(extra: *mut c_void) -> Option<Vec<u8>> {
+    if extra.is_null() {
+        return None;
+    }
+    // SAFETY: `extra` was made by extra_with: a length, then that many bytes.
+    unsafe {
+        let len = (extra as *const usize).read_unaligned();
+        let bytes = (extra as *const u8).add(std::mem::size_of::<usize>());
+        Some(std::slice::from_raw_parts(bytes, len).to_vec())
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_pii_key_file(
+    newval: *mut *mut c_char,
+    extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: as Postgres calls a check hook.
+    unsafe { check(newval, extra, false) }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_recovery_key_file(
+    newval: *mut *mut c_char,
+    extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: as Postgres calls a check hook.
+    unsafe { check(newval, extra, true) }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_pii_key_file(_newval: *const c_char, extra: *mut c_void) {
+    // SAFETY: `extra` is what check_pii_key_file made for this value.
+    *PII_KEY.lock().unwrap_or_else(|e| e.into_inner()) = unsafe { key_in(extra) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_recovery_key_file(_newval: *const c_char, extra: *mut c_void) {
+    // SAFETY: `extra` is what check_recovery_key_file made for this value.
+    *RECOVERY_KEY.lock().unwrap_or_else(|e| e.into_inner()) = unsafe { key_in(extra) };
+}
+
+/// Check hooks of the deprecated key settings: accept any value, and in the postmaster (once per
+/// start and reload, not once per process) warn that a key is in the configuration.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn warn_pii_key_in_configuration(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: as Postgres calls a check hook.
+    unsafe { warn_if_set(newval, "pii_key") }
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn warn_recovery_key_in_configuration(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: as Postgres calls a check hook.
+    unsafe { warn_if_set(newval, "recovery_key") }
+}
+
+unsafe fn warn_if_set(newval: *mut *mut c_char, name: &str) -> bool {
+    // SAFETY: Postgres passes the proposed value, a C string or NULL; IsUnderPostmaster is a
+    // plain flag of this process.
+    let set = unsafe { !(*newval).is_null() && **newval != 0 };
+    if set && unsafe { !pg_sys::IsUnderPostmaster } {
+        report(
+            PgSqlErrorCode::ERRCODE_WARNING_DEPRECATED_FEATURE,
+            format!("sqs_ingest.{name} holds a key in the server's configuration: a reload logs its new value, and postgresql.auto.conf and base backups keep it"),
+            &format!("Put the key in a file only the server's user can read, set sqs_ingest.{name}_file to its path, and remove sqs_ingest.{name}; see the README, \"Keys\"."),
+        )
+        .report(PgLogLevel::WARNING);
+    }
+    true
+}
