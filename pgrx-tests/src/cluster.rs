@@ -1,4 +1,5 @@
-//! A throwaway PostgreSQL 15 cluster, run as the `postgres` OS user when we are root.
+//! A throwaway PostgreSQL cluster (15 unless SQS_INGEST_PG_BIN names another), run as the
+//! `postgres` OS user when we are root.
 use crate::{free_port, wait_until};
 use postgres::{Client, NoTls};
 use std::path::PathBuf;
@@ -6,8 +7,12 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Where the PostgreSQL 15 server programs are (Debian's layout).
-pub const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where the server programs of the PostgreSQL the tests run against are: `SQS_INGEST_PG_BIN`,
+/// else Debian's PostgreSQL 15.
+pub fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| std::env::var("SQS_INGEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned()))
+}
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -51,7 +56,7 @@ impl Cluster {
         }
         let data = dir.join("data");
         run({
-            let mut c = as_postgres(&format!("{BIN}/initdb"));
+            let mut c = as_postgres(&format!("{}/initdb", bin()));
             c.args(["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8"]);
             c.args(["--locale=C.UTF-8", "--no-sync"]);
             c
@@ -84,7 +89,7 @@ impl Cluster {
         for (k, v) in env {
             c.arg(format!("{k}={v}"));
         }
-        c.arg(format!("{BIN}/pg_ctl"));
+        c.arg(format!("{}/pg_ctl", bin()));
         c.args(["-D", self.data().to_str().unwrap(), "-l", self.log().to_str().unwrap()]);
         c.args(["-w", "-t", "60", "start"]);
         run(c);
@@ -196,7 +201,7 @@ impl Cluster {
     }
 
     fn pg_ctl_stop(&self, mode: &str) {
-        let mut c = as_postgres(&format!("{BIN}/pg_ctl"));
+        let mut c = as_postgres(&format!("{}/pg_ctl", bin()));
         c.args(["-D", self.data().to_str().unwrap(), "-m", mode, "-w", "stop"]);
         let _ = c.output();
     }

@@ -135,7 +135,7 @@ fn dump_and_restore_keep_the_ledger_and_dead_letters() {
     assert_eq!(fetch(&mut db, 100), 29);
 
     let file = shared_cluster().dir.join("dump_source.pgdump");
-    let bin = sqs_ingest_it::cluster::BIN;
+    let bin = sqs_ingest_it::cluster::bin();
     let port = shared_cluster().port.to_string();
     let conn = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
     let dump = Command::new(format!("{bin}/pg_dump"))

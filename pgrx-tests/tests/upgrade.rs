@@ -3,7 +3,7 @@
 //! letters, vault and grants through ALTER EXTENSION sqs_ingest UPDATE, and ends with exactly
 //! the schema of a fresh install of the current version.
 use postgres::Client;
-use sqs_ingest_it::cluster::BIN;
+use sqs_ingest_it::cluster::bin;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::secrets::RECOVERY_KEY;
@@ -29,7 +29,7 @@ fn current_version(db: &mut Client) -> String {
 /// Puts the first release's install script beside the installed extension, as a server that
 /// had 0.1.0 installed has it (cargo pgrx install writes only the current one).
 fn install_first_release() {
-    let out = Command::new(format!("{BIN}/pg_config")).arg("--sharedir").output().unwrap();
+    let out = Command::new(format!("{}/pg_config", bin())).arg("--sharedir").output().unwrap();
     let sharedir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     let name = format!("sqs_ingest--{FIRST_RELEASE}.sql");
     std::fs::copy(root().join("sql").join(&name), sharedir.join("extension").join(&name)).unwrap();
@@ -38,7 +38,7 @@ fn install_first_release() {
 /// `pg_dump --schema-only --binary-upgrade` of `db`, which (unlike a plain dump) lists every
 /// object of the extension, with the object ids that differ between databases left out.
 fn schema(db: &str) -> String {
-    let out = Command::new(format!("{BIN}/pg_dump"))
+    let out = Command::new(format!("{}/pg_dump", bin()))
         .args(["--schema-only", "--binary-upgrade", "-h", "127.0.0.1", "-U", "postgres"])
         .args(["-p", &cluster().port.to_string(), db])
         .output()
