@@ -74,6 +74,18 @@ pub fn holds_for(what: &str, duration: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// Writes `content` and a newline to `dir/name`, owned by the postgres user, with `mode`: a key
+/// file as the server reads it (sqs_ingest.pii_key_file).
+pub fn key_file(dir: &std::path::Path, name: &str, content: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{content}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let status = std::process::Command::new("chown").arg("postgres:").arg(&path).status().unwrap();
+    assert!(status.success(), "chown postgres {}", path.display());
+    path
+}
+
 /// A process's memory in KiB, from /proc/<pid>/status.
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {

@@ -6,7 +6,7 @@
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_it::cluster::bin;
 use sqs_ingest_it::emulator::AWS_ENV;
-use sqs_ingest_it::{count, venv, wait_until, Cluster, Emulator};
+use sqs_ingest_it::{count, key_file, venv, wait_until, Cluster, Emulator};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -85,15 +85,10 @@ fn compose_up(name: &str, database: &str, sql_first: Option<&str>, pii_key: &str
     }
     let data = c.data().to_str().unwrap().to_owned();
     // What docker/entrypoint.sh installs from the compose secret: a file only postgres reads.
-    let key_file = c.dir.join("sqs_ingest_pii_key");
     let key_path = if pii_key.is_empty() {
         String::new()
     } else {
-        std::fs::write(&key_file, format!("{pii_key}\n")).unwrap();
-        let chown = Command::new("chown").arg("postgres:").arg(&key_file).status().unwrap();
-        let chmod = Command::new("chmod").arg("600").arg(&key_file).status().unwrap();
-        assert!(chown.success() && chmod.success());
-        key_file.to_str().unwrap().to_owned()
+        key_file(&c.dir, "sqs_ingest_pii_key", pii_key, 0o600).to_str().unwrap().to_owned()
     };
     let pg_env = [
         ("PGDATA", data.as_str()),

@@ -8,20 +8,10 @@ use sqs_ingest_core::masking::Masker;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, valid};
 use sqs_ingest_it::secrets::{self, FILE_PII_KEY, FILE_RECOVERY_KEY, ROTATED_PII_KEY};
-use sqs_ingest_it::{cluster::bin, count, fetch, point_at, wait_until, Cluster, Emulator, WAIT};
+use sqs_ingest_it::{cluster::bin, count, fetch, key_file, point_at, wait_until, Cluster, Emulator, WAIT};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// Writes `content` and a newline to `dir/name`, owned by the postgres user, with `mode`.
-fn key_file(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{content}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    let status = Command::new("chown").arg("postgres:").arg(&path).status().unwrap();
-    assert!(status.success());
-    path
-}
 
 fn reload(db: &mut Client, sql: &str) {
     db.batch_execute(sql).unwrap();

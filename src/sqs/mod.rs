@@ -214,9 +214,9 @@ impl Connection {
 /// The backend's connection for `config`, built (and its credentials resolved) on first use.
 /// A static, not a thread-local, so that nothing of it is dropped at backend exit.
 async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> {
-    static CONNECTION: Mutex<Option<(ClientConfig, Arc<Connection>)>> = Mutex::new(None);
-    if let Some((cached, connection)) = CONNECTION.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        if cached == config {
+    static CONNECTION: Mutex<Option<Arc<Connection>>> = Mutex::new(None);
+    if let Some(connection) = CONNECTION.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if connection.config == *config {
             return Ok(connection.clone());
         }
     }
@@ -228,7 +228,7 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
         credentials,
         speaks_query: AtomicBool::new(config.protocol == Protocol::Query),
     });
-    *CONNECTION.lock().unwrap_or_else(|e| e.into_inner()) = Some((config.clone(), connection.clone()));
+    *CONNECTION.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
     Ok(connection)
 }
 
