@@ -34,7 +34,9 @@ CREATE TABLE sqs_ingest.dead_letters (
     error_message   text,
     error_detail    text,
     constraint_name text,
-    table_name      text
+    table_name      text,
+    -- The source whose message it is (sqs_ingest.sources).
+    source          text NOT NULL DEFAULT 'login'
 );
 
 SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.processed_messages', '');
@@ -43,7 +45,9 @@ SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.dead_letters_id_seq', '')
 
 DO $bootstrap$
 BEGIN
-    IF to_regclass('@extschema@.user_logins') IS NULL THEN
+    -- A restore of pg_dump's output (which turns row_security off, as nothing else does) brings
+    -- the table itself, with its rows, right after this.
+    IF to_regclass('@extschema@.user_logins') IS NULL AND current_setting('row_security')::boolean THEN
         CREATE TABLE @extschema@.user_logins (
             user_id          varchar(128),
             device_type      varchar(32),
@@ -81,3 +85,31 @@ CREATE TABLE sqs_ingest.pii_reveals (
 SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.pii_vault', '');
 SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.pii_reveals', '');
 SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.pii_reveals_id_seq', '');
+
+-- Sources: each an SQS queue ingested into a table (see the README). A NULL setting column
+-- follows the server's sqs_ingest.* setting of the same meaning.
+CREATE TABLE sqs_ingest.sources (
+    name               text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]{1,63}$'),
+    -- NULL: sqs_ingest.queue_url (the built-in login source only).
+    queue_url          text CHECK (queue_url ~ '^https?://'),
+    -- NULL: user_logins in the extension's schema (the built-in login source only).
+    target             regclass,
+    -- Target column -> SQL expression; NULL: the body's keys of the same names.
+    columns            jsonb CHECK (jsonb_typeof(columns) = 'object'),
+    enabled            boolean NOT NULL DEFAULT true,
+    -- Expressions and the INSERT run with this role's privileges.
+    owner              regrole NOT NULL,
+    wait_seconds       integer CHECK (wait_seconds BETWEEN 1 AND 20),
+    visibility_timeout integer CHECK (visibility_timeout BETWEEN 0 AND 43200),
+    requests_in_flight integer CHECK (requests_in_flight BETWEEN 1 AND 16),
+    -- Workers serving it at once; 0: none (fetch_source only). NULL: 1, and for the login
+    -- source every worker of the pool.
+    workers            integer CHECK (workers BETWEEN 0 AND 16),
+    protocol           text CHECK (protocol IN ('auto', 'json', 'query')),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    CHECK (name = 'login' OR (queue_url IS NOT NULL AND target IS NOT NULL))
+);
+-- The built-in login source: created here, so pg_dump leaves it out (a restore's CREATE
+-- EXTENSION makes it again).
+INSERT INTO sqs_ingest.sources (name, owner) VALUES ('login', current_user::regrole);
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.sources', $$WHERE name <> 'login'$$);

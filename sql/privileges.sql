@@ -18,3 +18,12 @@ GRANT INSERT ON sqs_ingest.pii_vault TO sqs_ingest_operator;
 GRANT SELECT ON sqs_ingest.worker_status TO sqs_ingest_operator;
 -- Sealed values are useless without the server's key; reveal_pii reads them as its caller.
 GRANT SELECT ON sqs_ingest.pii_vault, sqs_ingest.pii_reveals TO sqs_ingest_pii_reader;
+-- Sources: creating, changing and dropping one lets its owner make the server read a queue
+-- with the server's AWS credentials, so nobody may until a superuser grants it (README, threat
+-- model). Operators fetch and watch them.
+REVOKE ALL ON FUNCTION sqs_ingest.create_source(text, text, regclass, jsonb, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.alter_source(text, text, regclass, jsonb, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.drop_source(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.fetch_source(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sqs_ingest.fetch_source(text, integer) TO sqs_ingest_operator;
+GRANT SELECT ON sqs_ingest.sources, sqs_ingest.source_status TO sqs_ingest_operator;

@@ -1,4 +1,5 @@
-//! sqs_ingest: ingests user-login events from Amazon SQS into `user_logins`, masking PII.
+//! sqs_ingest: ingests messages from Amazon SQS into PostgreSQL tables exactly once, masking PII;
+//! the take-home's login pipeline is its built-in source.
 use pgrx::prelude::*;
 
 mod errors;
@@ -6,9 +7,12 @@ mod ingest;
 mod keys;
 mod masking;
 mod recovery;
+mod role;
 mod settings;
+mod source;
 mod sqs;
 mod status;
+mod subxact;
 mod unkeyed;
 mod worker;
 mod xact;
@@ -28,6 +32,7 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         status::allocate();
         unkeyed::allocate();
+        source::allocate();
         worker::register();
     }
 }

@@ -178,7 +178,7 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"sqs_ingest.workers",
-        c"Number of background workers (needs sqs_ingest in shared_preload_libraries).",
+        c"Number of background workers serving the sources (needs sqs_ingest in shared_preload_libraries).",
         c"",
         &WORKERS,
         0,
@@ -246,6 +246,11 @@ pub fn register() {
     );
 }
 
+/// Whether sqs_ingest.endpoint_url sends every request to one endpoint.
+pub fn endpoint_is_set() -> bool {
+    !text(&ENDPOINT_URL).is_empty()
+}
+
 /// How many workers were configured at server start.
 pub fn worker_count() -> usize {
     WORKERS.get() as usize
@@ -290,12 +295,27 @@ impl From<SettingsError> for ErrorReport {
     }
 }
 
+/// What a source sets itself instead of the server's settings (sqs_ingest.sources); None
+/// follows the setting.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub queue_url: Option<String>,
+    /// The workers' long-poll wait (sqs_ingest.worker_wait).
+    pub wait_seconds: Option<i32>,
+    pub visibility_timeout: Option<i32>,
+    pub requests_in_flight: Option<i32>,
+    pub protocol: Option<Protocol>,
+}
+
 /// What one fetch needs, read on the backend's main thread before any async code runs.
 /// Not Debug: it holds the keys.
 #[derive(Clone)]
 pub struct FetchSettings {
     pub queue: Queue,
+    /// fetch_source's wait per ReceiveMessage (sqs_ingest.fetch_wait).
     pub wait_seconds: i32,
+    /// The workers' long-poll wait.
+    pub worker_wait: i32,
     pub in_flight: usize,
     pub ledger_retention_seconds: i32,
     pub masker: Masker,
@@ -317,8 +337,9 @@ fn http_url(name: &'static str, value: String) -> Result<String, SettingsError> 
     }
 }
 
-pub fn fetch_settings() -> Result<FetchSettings, SettingsError> {
-    let queue_url = http_url("queue_url", text(&QUEUE_URL))?;
+/// The settings of a fetch from a source with `overrides`.
+pub fn fetch_settings(overrides: &Overrides) -> Result<FetchSettings, SettingsError> {
+    let queue_url = http_url("queue_url", overrides.queue_url.clone().unwrap_or_else(|| text(&QUEUE_URL)))?;
     let endpoint = match text(&ENDPOINT_URL) {
         e if e.is_empty() => endpoint_for_queue(&queue_url).map(str::to_owned),
         e => Some(http_url("endpoint_url", e)?),
@@ -327,7 +348,7 @@ pub fn fetch_settings() -> Result<FetchSettings, SettingsError> {
     if region.is_empty() {
         return Err(SettingsError::Empty("region"));
     }
-    let visibility = VISIBILITY_TIMEOUT.get();
+    let visibility = overrides.visibility_timeout.unwrap_or_else(|| VISIBILITY_TIMEOUT.get());
     Ok(FetchSettings {
         queue: Queue {
             config: ClientConfig {
@@ -335,13 +356,14 @@ pub fn fetch_settings() -> Result<FetchSettings, SettingsError> {
                 region,
                 connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS.get() as u64),
                 request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS.get() as u64),
-                protocol: PROTOCOL.get(),
+                protocol: overrides.protocol.unwrap_or_else(|| PROTOCOL.get()),
             },
             url: queue_url,
             visibility_timeout: (visibility >= 0).then_some(visibility),
         },
         wait_seconds: FETCH_WAIT.get(),
-        in_flight: requests_in_flight(),
+        worker_wait: overrides.wait_seconds.unwrap_or_else(|| WORKER_WAIT.get()),
+        in_flight: overrides.requests_in_flight.map_or_else(requests_in_flight, |n| n as usize),
         ledger_retention_seconds: LEDGER_RETENTION.get(),
         masker: masker(),
         sealer: sealer()?,

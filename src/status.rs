@@ -1,10 +1,12 @@
-//! Shared-memory status of the background workers, shown by the view sqs_ingest.worker_status.
+//! Shared-memory status of the background workers, shown by the view sqs_ingest.worker_status:
+//! what each is doing, and for which source.
 use crate::settings::MAX_WORKERS;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, FromDatum, PGRXSharedMemory, PgLwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 const ERROR_LEN: usize = 240;
+const SOURCE_LEN: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -43,6 +45,8 @@ pub struct Slot {
     pub duplicates: i64,
     error_len: usize,
     error: [u8; ERROR_LEN],
+    source_len: usize,
+    source: [u8; SOURCE_LEN],
 }
 
 impl Slot {
@@ -56,7 +60,21 @@ impl Slot {
         duplicates: 0,
         error_len: 0,
         error: [0; ERROR_LEN],
+        source_len: 0,
+        source: [0; SOURCE_LEN],
     };
+
+    /// The source being served (names are at most 63 bytes, a catalog CHECK).
+    pub fn set_source(&mut self, source: Option<&str>) {
+        let source = source.unwrap_or_default();
+        let len = source.len().min(SOURCE_LEN);
+        self.source[..len].copy_from_slice(&source.as_bytes()[..len]);
+        self.source_len = len;
+    }
+
+    fn source(&self) -> Option<String> {
+        (self.source_len > 0).then(|| String::from_utf8_lossy(&self.source[..self.source_len]).into_owned())
+    }
 
     /// Keeps the first ERROR_LEN bytes of `error`, cut at a character boundary.
     pub fn set_error(&mut self, error: Option<&str>) {
@@ -127,6 +145,7 @@ mod sqs_ingest {
         (
             name!(worker, i32),
             name!(pid, Option<i32>),
+            name!(source, Option<String>),
             name!(state, String),
             name!(last_poll, Option<TimestampWithTimeZone>),
             name!(last_success, Option<TimestampWithTimeZone>),
@@ -145,6 +164,7 @@ mod sqs_ingest {
                     (
                         i as i32,
                         (s.pid != 0).then_some(s.pid),
+                        s.source(),
                         s.state.name().to_owned(),
                         timestamp(s.last_poll),
                         timestamp(s.last_success),

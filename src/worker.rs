@@ -1,23 +1,27 @@
-//! The background workers: each long-polls the queue and ingests every batch in a transaction
-//! of its own, through the same code as fetch_login_queue.
-use crate::ingest::{self, IngestError, Target};
+//! The background workers: a pool of `sqs_ingest.workers` processes serving the enabled
+//! sources of sqs_ingest.sources. Each long-polls the queues assigned to it in turn and ingests
+//! every batch in a transaction of its own, through the same code as fetch_source.
+use crate::ingest::{self, IngestError, Sink};
 use crate::settings::{
     self, WORKER_ENABLED, WORKER_LOCK_TIMEOUT, WORKER_MAX_BACKOFF, WORKER_RESTART_INTERVAL, WORKER_STATEMENT_TIMEOUT,
-    WORKER_WAIT,
 };
+use crate::source::{catalog, stats, Source, SourceError};
 use crate::sqs::{self, SqsError};
 use crate::status::{self, State};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum};
+use sqs_ingest_core::assignment;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How often a disabled worker looks at its settings again (a reload wakes it at once).
-const DISABLED_RECHECK: Duration = Duration::from_secs(10);
+/// How often a worker with nothing to do looks at its settings again (a reload, and a change
+/// of the catalog, wake it sooner).
+const IDLE_RECHECK: Duration = Duration::from_secs(10);
 
-/// Registers the workers; called from _PG_init while shared_preload_libraries load.
+/// Registers the pool; called from _PG_init while shared_preload_libraries load.
 pub fn register() {
     let restart = Duration::from_secs(WORKER_RESTART_INTERVAL.get() as u64);
     for index in 0..settings::worker_count() {
@@ -40,8 +44,8 @@ enum Round {
     Done {
         full: bool,
     },
-    /// Nothing to do until something changes (the extension is not created yet).
-    Waiting(Problem),
+    /// The catalog changed while polling: the poll was given up to read it again.
+    Changed,
     Failed(Problem),
     Stop,
 }
@@ -65,6 +69,20 @@ impl From<SqsError> for Problem {
     }
 }
 
+/// How a worker is doing with one of its sources.
+#[derive(Default)]
+struct Served {
+    /// Its last round brought all it asked for: the next sends requests_in_flight short polls.
+    backlog: bool,
+    /// Backoff after errors: doubles from 1 s up to sqs_ingest.worker_max_backoff.
+    pause: Duration,
+    retry_at: Option<Instant>,
+    /// The problem last logged, until a round succeeds.
+    trouble: Option<String>,
+    /// When its last poll began.
+    polled_at: Option<Instant>,
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
@@ -82,40 +100,91 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
     });
     log!("sqs_ingest worker {index} started in database \"{database}\"");
 
-    let mut pause = Duration::ZERO;
-    let mut trouble: Option<String> = None;
-    let mut backlog = false;
+    let mut served: HashMap<String, Served> = HashMap::new();
+    // The catalog's trouble (no extension yet, an unreadable catalog), like a source's.
+    let mut catalog_trouble = Served::default();
     while !shutdown_requested() {
         reload_if_asked();
         if !WORKER_ENABLED.get() {
             status::update(index, |s| s.state = State::Disabled);
-            wait(DISABLED_RECHECK);
+            wait_for_change(IDLE_RECHECK, catalog::generation());
             continue;
         }
-        let this = round(index, backlog);
-        backlog = matches!(this, Round::Done { full: true });
-        match this {
+        let generation = catalog::generation();
+        let now = Instant::now();
+        // The catalog, this worker's sources, and the next of them whose turn it is and that is
+        // not backing off, read in one transaction with that source's table.
+        type Picked = Option<(Source, Result<Sink, IngestError>, Vec<Source>)>;
+        let picked = in_transaction(AssertUnwindSafe(|| -> Result<Picked, SourceError> {
+            let mine = assigned(index)?;
+            // The ready source polled least recently (one never polled first): fair, and a
+            // source just created or enabled is next whatever else changed.
+            let ready = mine
+                .iter()
+                .filter(|s| served.get(&s.name).and_then(|s| s.retry_at).is_none_or(|at| at <= now))
+                .min_by_key(|s| served.get(&s.name).and_then(|s| s.polled_at));
+            let Some(source) = ready.cloned() else { return Ok(None) };
+            let sink = Sink::resolve(&source);
+            Ok(Some((source, sink, mine)))
+        }));
+        let (source, sink, mine) = match picked {
+            Ok(Ok(Some(picked))) => picked,
+            Ok(Ok(None)) => {
+                // Nothing assigned, or every source backing off.
+                let soonest = served.values().filter_map(|s| s.retry_at).min();
+                let pause = soonest.map_or(IDLE_RECHECK, |at| at.saturating_duration_since(now)).min(IDLE_RECHECK);
+                if soonest.is_none() {
+                    status::update(index, |s| {
+                        s.state = State::Idle;
+                        s.set_source(None);
+                    });
+                }
+                wait_for_change(pause, generation);
+                continue;
+            }
+            Ok(Err(e)) => {
+                back_off(index, None, &mut catalog_trouble, Problem::new(e.to_string()));
+                wait_for_change(catalog_trouble.pause, generation);
+                continue;
+            }
+            Err(e) => {
+                back_off(index, None, &mut catalog_trouble, Problem::new(e));
+                wait_for_change(catalog_trouble.pause, generation);
+                continue;
+            }
+        };
+        let state = served.entry(source.name.clone()).or_default();
+        state.polled_at = Some(Instant::now());
+        // The catalog's trouble is over; its recovery is logged with this source's first good
+        // round, once, as any other trouble's.
+        if let Some(trouble) = std::mem::take(&mut catalog_trouble).trouble {
+            state.trouble.get_or_insert(trouble);
+        }
+        // A source whose table is missing or does not fit backs off; the others go on.
+        let outcome = match sink {
+            Ok(sink) => round(index, &source, &sink, &mine, state.backlog, generation),
+            Err(e) => Round::Failed(Problem::new(e.to_string())),
+        };
+        match outcome {
             Round::Stop => break,
-            Round::Done { .. } => {
-                if trouble.take().is_some() {
-                    log!("sqs_ingest worker {index}: ingesting again");
+            Round::Changed => {}
+            Round::Done { full } => {
+                if state.trouble.take().is_some() {
+                    log!("sqs_ingest worker {index}: source \"{}\" ingesting again", source.name);
                 }
-                pause = Duration::ZERO;
+                state.backlog = full;
+                state.pause = Duration::ZERO;
+                state.retry_at = None;
             }
-            Round::Waiting(problem) | Round::Failed(problem) => {
-                // Each distinct problem is logged once, however long it lasts.
-                if trouble.as_deref() != Some(problem.what.as_str()) {
-                    log!("sqs_ingest worker {index}: {}; retrying with backoff", problem.text);
-                }
-                status::update(index, |s| {
-                    s.state = State::BackingOff;
-                    s.set_error(Some(&problem.text));
-                });
-                trouble = Some(problem.what);
-                let cap = Duration::from_secs(WORKER_MAX_BACKOFF.get() as u64);
-                pause = (pause * 2).clamp(Duration::from_secs(1), cap);
-                wait(pause);
+            Round::Failed(problem) => {
+                state.backlog = false;
+                back_off(index, Some(&source.name), state, problem);
+                state.retry_at = Some(Instant::now() + state.pause);
             }
+        }
+        // Forget sources no longer served, so that the map stays as small as the catalog.
+        if served.len() > 64 {
+            served.retain(|_, s| s.retry_at.is_some() || s.backlog);
         }
     }
     status::update(index, |s| {
@@ -128,62 +197,120 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) }
 }
 
-fn round(index: usize, backlog: bool) -> Round {
-    let settings = match settings::fetch_settings() {
+/// The enabled sources worker `index` serves, as the catalog says now.
+fn assigned(index: usize) -> Result<Vec<Source>, SourceError> {
+    let sources = Source::enabled()?;
+    let asked: Vec<(&str, usize)> = sources.iter().map(|s| (s.name.as_str(), workers_asked(s))).collect();
+    let mine = assignment::assigned(index, settings::worker_count(), &asked);
+    Ok(sources.iter().filter(|s| mine.contains(&s.name.as_str())).cloned().collect())
+}
+
+/// How many workers a source asks for: its own setting, else 1, and the whole pool for the
+/// login source (as sqs_ingest.workers meant before sources).
+fn workers_asked(source: &Source) -> usize {
+    match source.workers {
+        Some(n) => n.max(0) as usize,
+        None if source.is_login() => settings::worker_count(),
+        None => 1,
+    }
+}
+
+/// Logs `problem` once while it lasts, shows it, and doubles the pause before the next try.
+fn back_off(index: usize, source: Option<&str>, state: &mut Served, problem: Problem) {
+    let about = source.map(|s| format!(" source \"{s}\":")).unwrap_or_default();
+    if state.trouble.as_deref() != Some(problem.what.as_str()) {
+        log!("sqs_ingest worker {index}:{about} {}; retrying with backoff", problem.text);
+    }
+    status::update(index, |s| {
+        s.state = State::BackingOff;
+        s.set_source(source);
+        s.set_error(Some(&problem.text));
+    });
+    if let Some(source) = source {
+        stats::set_error(source, Some(&problem.text));
+    }
+    state.trouble = Some(problem.what);
+    let cap = Duration::from_secs(WORKER_MAX_BACKOFF.get() as u64);
+    state.pause = (state.pause * 2).clamp(Duration::from_secs(1), cap);
+}
+
+/// One poll of `source`'s queue and, when it brings messages, one transaction storing them.
+/// `mine`: the sources this worker serves in turn, whose number divides its long-poll wait; a
+/// committed change of the catalog that changes them (or this one) gives the poll up.
+fn round(index: usize, source: &Source, sink: &Sink, mine: &[Source], backlog: bool, generation: u64) -> Round {
+    let sharing = mine.len();
+    let name = source.name.as_str();
+    let settings = match settings::fetch_settings(&source.overrides) {
         Ok(s) => s,
         Err(e) => return Round::Failed(Problem::new(e.to_string())),
     };
-    // The table is checked before receiving, so nothing is received that cannot be stored.
-    let target = match in_transaction(Target::resolve) {
-        Ok(Ok(target)) => target,
-        Ok(Err(e @ IngestError::NoExtension)) => return Round::Waiting(Problem::new(e.to_string())),
-        Ok(Err(e)) => return Round::Failed(Problem::new(e.to_string())),
-        Err(e) => return Round::Failed(Problem::new(e)),
-    };
     status::update(index, |s| {
         s.state = State::Polling;
+        s.set_source(Some(name));
         s.last_poll = Some(status::now());
     });
-    // An idle queue costs one long poll per worker_wait. A full round means a backlog: the
-    // next round sends requests_in_flight short polls at once, all into one transaction.
+    // An idle queue costs one long poll per wait. A full round means a backlog: the next
+    // round sends requests_in_flight short polls at once, all into one transaction.
     let (max, in_flight, wait_seconds) = if backlog {
         (sqs::BATCH * settings.in_flight, settings.in_flight, 0)
     } else {
-        (sqs::BATCH, 1, WORKER_WAIT.get())
+        (sqs::BATCH, 1, (settings.worker_wait / sharing.max(1) as i32).max(1))
     };
-    let received = match settings.queue.receive_blocking(max, in_flight, wait_seconds, keep_waiting) {
+    let mut changed = false;
+    let mut seen = generation;
+    let keep_waiting = || {
+        wait(Duration::ZERO);
+        let now = catalog::generation();
+        if now != seen {
+            seen = now;
+            // Given up only when this worker's sources changed: a poll given up may have taken
+            // messages on the server's side, which then wait out their visibility timeout.
+            changed = !matches!(in_transaction(|| assigned(index)), Ok(Ok(ref m)) if m == mine);
+        }
+        !shutdown_requested() && !changed
+    };
+    let receipt = match settings.queue.receive_blocking(max, in_flight, wait_seconds, keep_waiting) {
+        None if changed => return Round::Changed,
         None => return Round::Stop,
         Some(Err(e)) => return Round::Failed(Problem::from(e)),
-        Some(Ok(received)) => received,
+        Some(Ok(receipt)) => receipt,
     };
-    let full = received.len() == max;
-    if received.is_empty() {
-        status::update(index, |s| {
-            s.state = State::Idle;
-            s.last_success = Some(status::now());
-            s.set_error(None);
-        });
+    stats::add(name, |c| {
+        c.received += receipt.messages.len() as i64;
+        c.receive_requests += receipt.requests as i64;
+        c.empty_receives += receipt.empty as i64;
+    });
+    let full = receipt.messages.len() == max;
+    if receipt.messages.is_empty() {
+        succeeded(index, name, None);
         return Round::Done { full: false };
     }
     status::update(index, |s| s.state = State::Ingesting);
     let stored = in_transaction(AssertUnwindSafe(|| {
         ingest::prune_ledger(settings.ledger_retention_seconds);
-        ingest::ingest(&target, &settings, received)
+        ingest::ingest(name, sink, &settings, receipt.messages)
     }));
     match stored {
         Ok(stored) => {
-            status::update(index, |s| {
-                s.state = State::Idle;
-                s.last_success = Some(status::now());
-                s.ingested += stored.rows as i64;
-                s.dead_letters += stored.dead_letters as i64;
-                s.duplicates += stored.duplicates as i64;
-                s.set_error(None);
-            });
+            succeeded(index, name, Some(stored));
             Round::Done { full }
         }
         Err(e) => Round::Failed(Problem::new(e)),
     }
+}
+
+fn succeeded(index: usize, source: &str, stored: Option<ingest::Stored>) {
+    status::update(index, |s| {
+        s.state = State::Idle;
+        s.last_success = Some(status::now());
+        if let Some(stored) = stored {
+            s.ingested += stored.rows as i64;
+            s.dead_letters += stored.dead_letters as i64;
+            s.duplicates += stored.duplicates as i64;
+        }
+        s.set_error(None);
+    });
+    stats::set_error(source, None);
 }
 
 /// Runs `body` in a transaction of its own: committed when it returns, rolled back (and the
@@ -250,12 +377,21 @@ fn reload_if_asked() {
     }
 }
 
-/// Between slices of a long poll: go on unless a shutdown is asked for. A reload waits for
-/// the poll to end: a poll abandoned on the client side may still take messages on the
-/// server's, which would then come back only after their visibility timeout.
-fn keep_waiting() -> bool {
-    wait(Duration::ZERO);
-    !shutdown_requested()
+/// Waits up to `timeout`, in steps of a second, until the catalog changes from `generation`,
+/// a reload or a shutdown is asked for.
+fn wait_for_change(timeout: Duration, generation: u64) {
+    let until = Instant::now() + timeout;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || shutdown_requested() || catalog::generation() != generation {
+            return;
+        }
+        // SAFETY: a sig_atomic_t flag set by the SIGHUP handler.
+        if unsafe { pg_sys::ConfigReloadPending != 0 } {
+            return;
+        }
+        wait(left.min(Duration::from_secs(1)));
+    }
 }
 
 /// Sleeps up to `timeout` on the latch, which SIGTERM and SIGHUP set; exits at once if the

@@ -1,6 +1,7 @@
 //! Deletes received messages from SQS only once their transaction commits: savepoints that
 //! roll back keep their messages in the queue, and PREPARE TRANSACTION is refused.
 use crate::errors::{raise, report};
+use crate::source::stats::{self, Counts};
 use crate::sqs::{self, Queue};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -28,8 +29,11 @@ impl From<XactError> for ErrorReport {
 
 struct Pending {
     subxact: pg_sys::SubTransactionId,
+    source: String,
     queue: Queue,
     handles: Vec<String>,
+    /// What storing them did, counted for the source once it commits.
+    counts: Counts,
 }
 
 thread_local! {
@@ -37,8 +41,9 @@ thread_local! {
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Queues `handles` for deletion when the current (sub)transaction's top level commits.
-pub fn delete_after_commit(queue: &Queue, handles: Vec<String>) {
+/// Queues `handles`, received from `source`'s queue, for deletion when the current
+/// (sub)transaction's top level commits, and `counts` to be added to the source's then.
+pub fn delete_after_commit(source: &str, queue: &Queue, handles: Vec<String>, counts: Counts) {
     if handles.is_empty() {
         return;
     }
@@ -53,8 +58,11 @@ pub fn delete_after_commit(queue: &Queue, handles: Vec<String>) {
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with_borrow_mut(|pending| match pending.last_mut() {
         // One entry per (subtransaction, queue), so that a failure is reported once per commit.
-        Some(last) if last.subxact == subxact && last.queue == *queue => last.handles.extend(handles),
-        _ => pending.push(Pending { subxact, queue: queue.clone(), handles }),
+        Some(last) if last.subxact == subxact && last.source == source && last.queue == *queue => {
+            last.handles.extend(handles);
+            last.counts.add(&counts);
+        }
+        _ => pending.push(Pending { subxact, source: source.to_owned(), queue: queue.clone(), handles, counts }),
     });
 }
 
@@ -96,11 +104,16 @@ unsafe extern "C-unwind" fn on_subxact(
 /// after the visibility timeout, and the ledger turns it into a no-op.
 fn delete_all(pending: Vec<Pending>) {
     let in_flight = crate::settings::requests_in_flight();
-    for Pending { queue, handles, .. } in pending {
+    for Pending { source, queue, handles, counts, .. } in pending {
         let queue_url = sqs_ingest_core::redact::url(&queue.url);
         let limit = queue.delete_many_limit(handles.len(), in_flight);
         let done = sqs::run_with_deadline(queue.delete_many(&handles, in_flight), limit);
         let total = handles.len();
+        let requests = done.as_ref().map_or(0, |d| d.requests) as i64;
+        stats::add(&source, |c| {
+            c.add(&counts);
+            c.delete_requests += requests;
+        });
         let deleted = match done {
             Some(deleted) => deleted,
             None => {

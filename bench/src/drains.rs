@@ -1,6 +1,7 @@
-//! P2-P4: the same N-message queue drained four ways, alternated round by round: the emulator's
-//! limit, the Python pipeline, fetch_login_queue in a loop, and the worker; with the CPU time
-//! each spends inside Postgres (and in Python) per 1,000 messages.
+//! P2-P4 and S1: the same N-message queue drained five ways, alternated round by round: the
+//! emulator's limit, the Python pipeline, fetch_login_queue in a loop, the worker, and a generic
+//! source mapping the same bodies by SQL expressions; with the CPU time each spends inside
+//! Postgres (and in Python) per 1,000 messages.
 use crate::stats::{cpu_seconds, median};
 use crate::{Bench, Row, PII_KEY};
 use sqs_ingest_it::emulator::AWS_ENV;
@@ -16,28 +17,49 @@ struct Run {
     cpu_per_1000: f64,
 }
 
-const MODES: [&str; 4] = ["limit", "python", "fetch", "worker"];
+const MODES: [&str; 5] = ["limit", "python", "fetch", "worker", "generic"];
+
+/// The login bodies mapped by expressions, as a user would write the login pipeline as a source.
+const GENERIC: &str = r#"{"user_id": "body->>'user_id'", "device_type": "body->>'device_type'",
+    "masked_ip": "mask_pii(body->>'ip')", "masked_device_id": "mask_pii(body->>'device_id')",
+    "locale": "body->>'locale'", "app_version": "body->>'app_version'",
+    "create_date": "(sent_at AT TIME ZONE 'UTC')::date"}"#;
 
 pub fn run(b: &Bench) -> Vec<Row> {
     let n = b.args.messages;
-    let mut runs: Vec<[Run; 4]> = Vec::new();
+    let mut setup = b.cluster.connect("postgres");
+    setup.batch_execute("DROP TABLE IF EXISTS generic_logins; CREATE TABLE generic_logins (LIKE user_logins)").unwrap();
+    setup
+        .execute(
+            "SELECT sqs_ingest.create_source('generic', $1, 'generic_logins', $2::text::jsonb, enabled => true)",
+            &[&b.queue.url, &GENERIC],
+        )
+        .unwrap();
+    // Served by fetch_source only: the workers take the login source alone.
+    setup.batch_execute("UPDATE sqs_ingest.sources SET workers = 0 WHERE name = 'generic'").unwrap();
+    let mut runs: Vec<[Run; 5]> = Vec::new();
     for round in 0..b.args.rounds {
-        let mut this = [Run { rate: 0.0, cpu_per_1000: 0.0 }; 4];
+        let mut this = [Run { rate: 0.0, cpu_per_1000: 0.0 }; 5];
         for (m, mode) in MODES.iter().enumerate() {
             b.reset();
             // The first fetch of a session builds its client: paid before the clock starts,
             // as Python's imports and connections are.
             let mut db = b.cluster.connect("postgres");
+            db.batch_execute("TRUNCATE generic_logins").unwrap();
             fetch(&mut db, 1);
+            db.query_one("SELECT sqs_ingest.fetch_source('generic', 1)", &[]).unwrap();
             b.load(n, (round * 10 + m + 1) as u64);
             let (seconds, cpu) = match *mode {
                 "limit" => (crate::sqs::drain_at_the_limit(b.emulator, &b.queue.url, n).as_secs_f64(), 0.0),
                 "python" => python(b, n),
-                "fetch" => fetch_loop(&mut db, n),
+                "fetch" => fetch_loop(&mut db, n, "SELECT fetch_login_queue(1000)"),
+                "generic" => fetch_loop(&mut db, n, "SELECT sqs_ingest.fetch_source('generic', 1000)"),
                 _ => worker(b, &mut db, n),
             };
+            let table = if *mode == "generic" { "generic_logins" } else { "user_logins" };
             if *mode != "limit" {
-                assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), n as i64, "{mode}: every message a row");
+                let rows = count(&mut db, &format!("SELECT count(*) FROM {table}"));
+                assert_eq!(rows, n as i64, "{mode}: every message a row");
             }
             this[m] = Run { rate: n as f64 / seconds, cpu_per_1000: cpu * 1000.0 / n as f64 };
             println!(
@@ -55,7 +77,7 @@ pub fn run(b: &Bench) -> Vec<Row> {
         |a: usize, over: usize, f: fn(&Run) -> f64| median(runs.iter().map(|r| f(&r[a]) / f(&r[over])).collect());
     let by_rate = |r: &Run| r.rate;
     let by_cpu = |r: &Run| r.cpu_per_1000;
-    let (limit, py, fe, wo) = (0, 1, 2, 3);
+    let (limit, py, fe, wo, generic) = (0, 1, 2, 3, 4);
     let mut rows = vec![Row {
         id: "P2",
         what: format!("drain rate, {n} messages, median of {} (limit / Python / fetch loop / worker)", b.args.rounds),
@@ -94,6 +116,20 @@ pub fn run(b: &Bench) -> Vec<Row> {
             met: Some(x <= 0.1),
         });
     }
+    let (x, y) = (ratio(generic, fe, by_rate), ratio(generic, fe, by_cpu));
+    rows.push(Row {
+        id: "S1",
+        what: "generic source (the login bodies mapped by expressions) vs the login source, fetch loops".to_owned(),
+        figure: format!(
+            "{:.0} vs {:.0} msg/s = {x:.2}x; CPU {:.3} vs {:.3} s per 1,000 = {y:.2}x",
+            rate(generic),
+            rate(fe),
+            cpu(generic),
+            cpu(fe)
+        ),
+        goal: ">= 0.8x rate",
+        met: Some(x >= 0.8),
+    });
     rows
 }
 
@@ -118,13 +154,13 @@ fn backend_pid(db: &mut postgres::Client) -> i32 {
     db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0)
 }
 
-/// `SELECT fetch_login_queue(1000)` until n rows, in one session.
-fn fetch_loop(db: &mut postgres::Client, n: usize) -> (f64, f64) {
+/// `fetch` (a fetch of up to 1000 returning the rows inserted) until n rows, in one session.
+fn fetch_loop(db: &mut postgres::Client, n: usize, fetch: &str) -> (f64, f64) {
     let pid = backend_pid(db);
     let (cpu0, start) = (cpu_seconds(pid), Instant::now());
     let mut rows = 0;
     while rows < n {
-        rows += fetch(db, 1000) as usize;
+        rows += db.query_one(fetch, &[]).unwrap().get::<_, i32>(0) as usize;
         assert!(start.elapsed() < Duration::from_secs(900), "fetch loop stalled at {rows}");
     }
     (start.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0)

@@ -72,6 +72,7 @@ pub fn receive_answer(xml: &str) -> Result<Vec<Received>, AnswerError> {
                 body: m.child_text("Body").unwrap_or_default().to_owned(),
                 sent_millis: attribute("SentTimestamp"),
                 receive_count: attribute("ApproximateReceiveCount").and_then(|c: i64| i32::try_from(c).ok()),
+                attributes: None,
             })
         })
         .collect())

@@ -9,4 +9,6 @@ pub struct Received {
     pub sent_millis: Option<i64>,
     /// The ApproximateReceiveCount attribute.
     pub receive_count: Option<i32>,
+    /// The message attributes as a JSON object, when they were asked for.
+    pub attributes: Option<String>,
 }

@@ -1,5 +1,5 @@
-//! Releases: a database created at 0.1.0 (the released install script kept in
-//! sql/sqs_ingest--0.1.0.sql) ingests with the current library, keeps its rows, ledger, dead
+//! Releases: a database created at an earlier release (its install script kept in
+//! sql/sqs_ingest--VERSION.sql) ingests with the current library, keeps its rows, ledger, dead
 //! letters, vault and grants through ALTER EXTENSION sqs_ingest UPDATE, and ends with exactly
 //! the schema of a fresh install of the current version.
 use postgres::Client;
@@ -10,8 +10,6 @@ use sqs_ingest_it::secrets::RECOVERY_KEY;
 use sqs_ingest_it::{count, fetch, point_at, Cluster, Emulator};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const FIRST_RELEASE: &str = "0.1.0";
 
 fn cluster() -> &'static Cluster {
     Cluster::shared(&[&format!("sqs_ingest.recovery_key = '{RECOVERY_KEY}'")], &AWS_ENV)
@@ -26,12 +24,12 @@ fn current_version(db: &mut Client) -> String {
     db.query_one("SELECT default_version FROM pg_available_extensions WHERE name = 'sqs_ingest'", &[]).unwrap().get(0)
 }
 
-/// Puts the first release's install script beside the installed extension, as a server that
-/// had 0.1.0 installed has it (cargo pgrx install writes only the current one).
-fn install_first_release() {
+/// Puts a release's install script beside the installed extension, as a server that had it
+/// installed has it.
+fn install_release(release: &str) {
     let out = Command::new(format!("{}/pg_config", bin())).arg("--sharedir").output().unwrap();
     let sharedir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let name = format!("sqs_ingest--{FIRST_RELEASE}.sql");
+    let name = format!("sqs_ingest--{release}.sql");
     std::fs::copy(root().join("sql").join(&name), sharedir.join("extension").join(&name)).unwrap();
 }
 
@@ -55,6 +53,9 @@ fn schema(db: &str) -> String {
                 && !l.starts_with("\\unrestrict")
         })
         .filter(|l| !l.contains("binary_upgrade_set_next_") && !l.contains("binary_upgrade_set_record_init_privs"))
+        // ADD COLUMN ... DEFAULT records the default for rows that existed then (attmissingval):
+        // data of the upgraded table, not schema.
+        .filter(|l| !l.contains("binary_upgrade_set_missing_value"))
         // Sequence positions are data: the upgraded database has dead letters.
         .filter(|l| !l.contains("pg_catalog.setval("))
         .map(without_oids)
@@ -79,17 +80,31 @@ fn without_oids(line: &str) -> String {
 
 #[test]
 fn update_from_the_first_release_keeps_everything_and_equals_a_fresh_install() {
-    install_first_release();
-    let queue = Emulator::shared().queue("upgrade");
+    update_from("0.1.0");
+}
+
+#[test]
+fn update_from_0_2_0_keeps_everything_and_equals_a_fresh_install() {
+    update_from("0.2.0");
+}
+
+fn update_from(release: &str) {
+    // CREATE EXTENSION creates cluster-wide roles when missing: one at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    install_release(release);
+    let tag = release.replace('.', "_");
+    let (upgraded_db, fresh_db) = (format!("upgraded_{tag}"), format!("fresh_{tag}"));
+    let queue = Emulator::shared().queue(&format!("upgrade_{tag}"));
     let mut admin = cluster().connect("postgres");
-    for name in ["upgraded", "fresh"] {
+    for name in [&upgraded_db, &fresh_db] {
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
         admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     }
-    let mut db = cluster().connect("upgraded");
-    db.batch_execute(&format!("CREATE EXTENSION sqs_ingest VERSION '{FIRST_RELEASE}'")).unwrap();
-    db.batch_execute("DROP ROLE IF EXISTS upgrade_operator; CREATE ROLE upgrade_operator IN ROLE sqs_ingest_operator")
-        .unwrap();
+    let mut db = cluster().connect(&upgraded_db);
+    db.batch_execute(&format!("CREATE EXTENSION sqs_ingest VERSION '{release}'")).unwrap();
+    let role = format!("upgrade_operator_{tag}");
+    db.batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} IN ROLE sqs_ingest_operator")).unwrap();
 
     // Ingest at 0.1.0 with the current library: rows, ledger entries, a dead letter, vault entries.
     point_at(&mut db, &queue.url);
@@ -97,13 +112,16 @@ fn update_from_the_first_release_keeps_everything_and_equals_a_fresh_install() {
     bodies.push("not json".to_owned());
     queue.send(&bodies);
     assert_eq!(fetch(&mut db, 100), 10);
+    let members = format!(
+        "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = '{role}'"
+    );
     let state = |db: &mut Client| {
         [
             "SELECT count(*) FROM user_logins",
             "SELECT count(*) FROM sqs_ingest.processed_messages",
             "SELECT count(*) FROM sqs_ingest.dead_letters",
             "SELECT count(*) FROM sqs_ingest.pii_vault",
-            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = 'upgrade_operator'",
+            members.as_str(),
         ]
         .map(|sql| count(db, sql))
     };
@@ -129,11 +147,14 @@ fn update_from_the_first_release_keeps_everything_and_equals_a_fresh_install() {
     let version: String =
         db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'sqs_ingest'", &[]).unwrap().get(0);
     assert_eq!(version, current_version(&mut db));
-    assert_ne!(version, FIRST_RELEASE);
+    assert_ne!(version, release);
     assert_eq!(state(&mut db), before, "rows, ledger, dead letters, vault and role memberships survive");
     let now = grants(&mut db);
     let lost: Vec<&String> = granted.iter().filter(|g| !now.contains(g)).collect();
     assert!(lost.is_empty(), "grants lost by the update: {lost:?}");
+    // Dead letters of before are the login source's, which the catalog now lists.
+    assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE source = 'login'"), 1);
+    assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.sources WHERE name = 'login' AND enabled"), 1);
 
     // The new version's behaviour: a row the table refuses is a dead letter with its error.
     db.batch_execute("ALTER TABLE user_logins ADD CONSTRAINT no_windows CHECK (device_type <> 'windows')").unwrap();
@@ -143,9 +164,9 @@ fn update_from_the_first_release_keeps_everything_and_equals_a_fresh_install() {
     assert_eq!(fetch(&mut db, 100), 2);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE constraint_name = 'no_windows'"), 1);
 
-    cluster().connect("fresh").batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    cluster().connect(&fresh_db).batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     db.batch_execute("ALTER TABLE user_logins DROP CONSTRAINT no_windows").unwrap();
-    let (upgraded, fresh) = (schema("upgraded"), schema("fresh"));
+    let (upgraded, fresh) = (schema(&upgraded_db), schema(&fresh_db));
     if upgraded != fresh {
         let diff: Vec<String> = upgraded
             .lines()

@@ -1,35 +1,55 @@
-//! fetch_login_queue: pulls messages in rounds and ingests each round in the caller's transaction.
-use super::{ingest, prune_ledger, IngestError, Stored, Target, MAX_FETCH};
+//! fetch_source and fetch_login_queue: pull messages in rounds and ingest each round in the
+//! caller's transaction.
+use super::{ingest, prune_ledger, IngestError, Sink, Stored};
 use crate::settings;
+use crate::source::{stats, Source, SourceError, LOGIN};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
-/// Pulls up to `max` messages, `sqs_ingest.requests_in_flight` requests of ten at a time, and
-/// returns the number of rows inserted.
-#[pg_extern(volatile, parallel_unsafe)]
-fn fetch_login_queue(max: default!(Option<i32>, 10)) -> Result<i32, ErrorReport> {
+/// Bounds of `max`: enough for any cron interval, small enough to keep one call's memory bounded.
+pub const MAX_FETCH: i32 = 10_000;
+
+/// Pulls up to `max` messages from `source`'s queue, `requests_in_flight` requests of ten at a
+/// time, and returns the number of rows inserted.
+fn fetch(name: &str, max: Option<i32>) -> Result<i32, ErrorReport> {
     let max = match max {
         Some(m) if (1..=MAX_FETCH).contains(&m) => m,
         other => return Err(IngestError::BadMax(other).into()),
     };
-    let settings = settings::fetch_settings()?;
-    let target = Target::resolve()?;
+    let source = Source::load(name)?;
+    if !source.enabled {
+        return Err(SourceError::Disabled(source.name).into());
+    }
+    let settings = settings::fetch_settings(&source.overrides)?;
+    let sink = Sink::resolve(&source)?;
     prune_ledger(settings.ledger_retention_seconds);
     let mut remaining = max;
     let mut total = Stored::default();
     while remaining > 0 {
-        let received = settings
+        let receipt = settings
             .queue
             .receive_blocking(remaining as usize, settings.in_flight, settings.wait_seconds, || {
                 check_for_interrupts!();
                 true
             })
-            .expect("only an ERROR stops a backend's request")?;
-        if received.is_empty() {
+            .expect("only an ERROR stops a backend's request");
+        let receipt = match receipt {
+            Ok(r) => r,
+            Err(e) => {
+                stats::set_error(name, Some(&e.to_string()));
+                return Err(e.into());
+            }
+        };
+        stats::add(name, |c| {
+            c.received += receipt.messages.len() as i64;
+            c.receive_requests += receipt.requests as i64;
+            c.empty_receives += receipt.empty as i64;
+        });
+        if receipt.messages.is_empty() {
             break;
         }
-        remaining -= received.len() as i32;
-        total += ingest(&target, &settings, received);
+        remaining -= receipt.messages.len() as i32;
+        total += ingest(name, &sink, &settings, receipt.messages);
     }
     if total.dead_letters > 0 || total.duplicates > 0 {
         notice!(
@@ -40,6 +60,26 @@ fn fetch_login_queue(max: default!(Option<i32>, 10)) -> Result<i32, ErrorReport>
         );
     }
     Ok(total.rows)
+}
+
+/// The login source's fetch, as the take-home calls it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn fetch_login_queue(max: default!(Option<i32>, 10)) -> Result<i32, ErrorReport> {
+    fetch(LOGIN, max)
+}
+
+#[pg_schema]
+mod sqs_ingest {
+    use pgrx::pg_sys::panic::ErrorReport;
+    use pgrx::prelude::*;
+
+    /// Pulls up to `max` messages from the source `name` into its table, in the caller's
+    /// transaction; returns the number of rows inserted.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn fetch_source(name: Option<String>, max: default!(Option<i32>, 10)) -> Result<i32, ErrorReport> {
+        let name = name.ok_or(super::SourceError::Null("name"))?;
+        super::fetch(&name, max)
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

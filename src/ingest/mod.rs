@@ -1,38 +1,75 @@
 //! Ingestion: received messages become rows, ledger entries and dead letters in the current
 //! transaction, and their deletion from SQS waits for COMMIT (xact.rs). `fetch` and `retry` are
-//! the SQL entry points, `table` finds the table rows go to, `store` writes a batch.
+//! the SQL entry points, `table` finds the login source's table, `store` writes its batches and
+//! `mapped` those of every other source.
 mod fetch;
+mod mapped;
 mod retry;
 mod store;
 mod table;
 
+pub use fetch::MAX_FETCH;
 pub use store::{prune_ledger, Stored};
 pub use table::Target;
 
 use crate::errors::report;
 use crate::settings::FetchSettings;
+use crate::source::mapping::Mapping;
+use crate::source::stats::Counts;
+use crate::source::{Source, SourceError};
 use crate::sqs::Received;
 use crate::{unkeyed, xact};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
 use std::fmt;
 
-/// Bounds of `max`: enough for any cron interval, small enough to keep one call's memory bounded.
-pub const MAX_FETCH: i32 = 10_000;
+/// Where a source's rows go, and how they are made.
+pub enum Sink {
+    /// The login source: validated, masked and encoded in Rust (store.rs).
+    Login(Target),
+    /// Any other source: its mapping's INSERT (mapped.rs).
+    Mapped(Mapping),
+}
 
-/// Stores one received batch in the current transaction and schedules its deletion from SQS
-/// for after COMMIT: the one path of fetch_login_queue and the workers alike.
-pub fn ingest(target: &Target, settings: &FetchSettings, received: Vec<Received>) -> Stored {
+impl Sink {
+    /// The sink of `source`, on its table as it is now.
+    pub fn resolve(source: &Source) -> Result<Sink, IngestError> {
+        if source.is_login() {
+            Target::resolve().map(Sink::Login)
+        } else {
+            Mapping::resolve(source).map(Sink::Mapped).map_err(IngestError::Source)
+        }
+    }
+}
+
+/// Stores one batch received from `source` in the current transaction and schedules its
+/// deletion from SQS for after COMMIT: the one path of fetch_source and the workers alike.
+pub fn ingest(source: &str, sink: &Sink, settings: &FetchSettings, received: Vec<Received>) -> Stored {
     unkeyed::warn_once();
-    let stored = store::store(target, &received, &settings.masker, settings.sealer.as_ref());
+    let stored = match sink {
+        Sink::Login(target) => store::store(target, &received, &settings.masker, settings.sealer.as_ref()),
+        Sink::Mapped(mapping) => mapped::store(mapping, source, &received),
+    };
+    let counts = Counts {
+        rows: stored.rows as i64,
+        dead_letters: stored.dead_letters as i64,
+        duplicates: stored.duplicates as i64,
+        newest_sent: received
+            .iter()
+            .filter_map(|m| m.sent_millis)
+            .max()
+            .and_then(sqs_ingest_core::message::pg_timestamp_from_unix_millis),
+        ..Counts::default()
+    };
     let handles = received.into_iter().map(|m| m.receipt_handle).collect();
-    xact::delete_after_commit(&settings.queue, handles);
+    xact::delete_after_commit(source, &settings.queue, handles, counts);
     stored
 }
 
 #[derive(Debug)]
 pub enum IngestError {
     BadMax(Option<i32>),
+    Source(SourceError),
     NoExtension,
     NoTable(String),
     NoColumn {
@@ -63,6 +100,7 @@ impl fmt::Display for IngestError {
         match self {
             IngestError::BadMax(Some(max)) => write!(f, "max must be between 1 and {MAX_FETCH}, not {max}"),
             IngestError::BadMax(None) => write!(f, "max must be between 1 and {MAX_FETCH}, not NULL"),
+            IngestError::Source(e) => e.fmt(f),
             IngestError::NoExtension => write!(f, "extension sqs_ingest is not created in this database"),
             IngestError::NoTable(table) => write!(f, "table {table} does not exist"),
             IngestError::NoColumn { table, column } => write!(f, "table {table} has no column \"{column}\""),
@@ -77,6 +115,7 @@ impl fmt::Display for IngestError {
 impl From<IngestError> for ErrorReport {
     fn from(e: IngestError) -> Self {
         let (code, hint) = match e {
+            IngestError::Source(e) => return e.into(),
             IngestError::BadMax(_) => (
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 "Pass a number of messages from 1 to 10000, e.g. SELECT fetch_login_queue(100);".to_owned(),

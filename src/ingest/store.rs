@@ -5,6 +5,7 @@ use super::table::TABLE;
 use super::{IngestError, Target};
 use crate::errors::raise;
 use crate::sqs::Received;
+use crate::subxact::{subtransaction, with_setting};
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 use pgrx::prelude::*;
@@ -16,15 +17,14 @@ use sqs_ingest_core::refusal;
 use sqs_ingest_core::vault::Sealer;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 
 /// Inserts the batch's valid messages as rows and the others as dead letters, each with its
 /// ledger entry; ids already in the ledger are skipped. Rows are validated against the columns
 /// first; what the table itself refuses is found row by row (see [`insert_or_isolate`]).
 pub fn store(target: &Target, batch: &[Received], masker: &Masker, sealer: Option<&Sealer>) -> Stored {
     let (rows, mut dead) = parse(target, batch, masker, sealer);
-    let stored = insert_or_isolate(target, &rows, &mut dead, masker);
-    let dead_letters = dead.insert(target);
+    let stored = insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, masker);
+    let dead_letters = dead.insert(target.dead_letter_errors, true);
     Stored { rows: stored, dead_letters, duplicates: batch.len() as i32 - stored - dead_letters }
 }
 
@@ -34,9 +34,10 @@ pub fn store(target: &Target, batch: &[Received], masker: &Masker, sealer: Optio
 /// their new reason and error, and their ledger entries back.
 pub fn restore(target: &Target, batch: &[Received]) -> (i32, Vec<String>) {
     let (rows, mut dead) = parse(target, batch, &Masker::AlreadyMasked, None);
-    let stored = insert_or_isolate(target, &rows, &mut dead, &Masker::AlreadyMasked);
+    let stored =
+        insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, &Masker::AlreadyMasked);
     let again = dead.message_id.clone();
-    dead.update(target);
+    dead.update(target.dead_letter_errors);
     (stored, again)
 }
 
@@ -49,7 +50,7 @@ fn parse<'a>(
     sealer: Option<&Sealer>,
 ) -> (Vec<Row<'a>>, DeadLetters) {
     let mut rows = Vec::with_capacity(batch.len());
-    let mut dead = DeadLetters::default();
+    let mut dead = DeadLetters::new(&target.table, TABLE, None);
     let mut seen = HashSet::with_capacity(batch.len());
     for m in batch.iter().filter(|m| seen.insert(m.message_id.as_str())) {
         match message::parse(&m.body, &target.columns) {
@@ -60,34 +61,42 @@ fn parse<'a>(
     (rows, dead)
 }
 
-/// Inserts `rows` in one statement. When the table refuses it for a row's data (see
+/// Inserts `rows` in one statement (`insert`). When the table refuses it for a row's data (see
 /// [`refusal::is_about_the_row`]), inserts them again one by one, each in a subtransaction of
 /// its own, and dead-letters exactly those it refuses. Any other error is raised as it is.
-fn insert_or_isolate(target: &Target, rows: &[Row], dead: &mut DeadLetters, masker: &Masker) -> i32 {
+pub(super) fn insert_or_isolate<R>(
+    rows: &[R],
+    message: impl Fn(&R) -> &Received,
+    insert: impl Fn(&[R]) -> i32,
+    dead: &mut DeadLetters,
+    masker: &Masker,
+) -> i32 {
     if rows.is_empty() {
         return 0;
     }
-    match subtransaction(|| insert_rows(target, rows)) {
+    match subtransaction(|| insert(rows)) {
         Ok(inserted) => inserted,
         Err(error) => {
             if refused(&error).is_none() {
                 error.rethrow();
             }
             // English messages name the constraint and relation (refusal::names).
-            let guc_level = messages_in_english();
-            let mut inserted = 0;
-            for row in rows {
-                match subtransaction(|| insert_rows(target, std::slice::from_ref(row))) {
-                    Ok(n) => inserted += n,
-                    Err(error) => match refused(&error) {
-                        Some(report) => dead.push(row.message, refusal_reason(target, report), Some(report), masker),
-                        None => error.rethrow(),
-                    },
+            with_setting(c"lc_messages", c"C", || {
+                let mut inserted = 0;
+                for row in rows {
+                    match subtransaction(|| insert(std::slice::from_ref(row))) {
+                        Ok(n) => inserted += n,
+                        Err(error) => match refused(&error) {
+                            Some(report) => {
+                                let reason = format!("refused by {}: {}", dead.table, report.message());
+                                dead.push(message(row), reason, Some(report), masker)
+                            }
+                            None => error.rethrow(),
+                        },
+                    }
                 }
-            }
-            // SAFETY: closes the GUC nesting level opened above, keeping nothing of it.
-            unsafe { pg_sys::AtEOXact_GUC(false, guc_level) };
-            inserted
+                inserted
+            })
         }
     }
 }
@@ -100,62 +109,6 @@ fn refused(error: &CaughtError) -> Option<&ErrorReportWithLevel> {
         }
         CaughtError::RustPanic { .. } => None,
     }
-}
-
-fn refusal_reason(target: &Target, report: &ErrorReportWithLevel) -> String {
-    format!("refused by {}: {}", target.table, report.message())
-}
-
-/// Sets lc_messages to C until the returned GUC nesting level is closed: a refusal's names are
-/// read from its message. Extension code may set it whatever the caller's privileges.
-fn messages_in_english() -> i32 {
-    // SAFETY: inside a transaction; the level is closed by AtEOXact_GUC, or by the abort of the
-    // transaction if an error escapes first.
-    unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"lc_messages".as_ptr(),
-            c"C".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    }
-}
-
-/// Runs `body` in a subtransaction of its own, as PL/pgSQL runs a block with an EXCEPTION
-/// clause: released when it returns; rolled back when it raises, and the error returned.
-fn subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, CaughtError> {
-    // SAFETY: every caller is inside a transaction; the memory context and resource owner are
-    // restored after the subtransaction ends either way, as PL/pgSQL restores them.
-    let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
-    let restore = || unsafe {
-        pg_sys::MemoryContextSwitchTo(context);
-        pg_sys::CurrentResourceOwner = owner;
-    };
-    unsafe {
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-    }
-    PgTryBuilder::new(AssertUnwindSafe(|| {
-        let out = body();
-        // SAFETY: ends the subtransaction begun above, which is the current one.
-        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
-        restore();
-        Ok(out)
-    }))
-    .catch_others(|error| {
-        restore();
-        // SAFETY: rolls back the subtransaction begun above, which the error left current.
-        unsafe { pg_sys::RollbackAndReleaseCurrentSubTransaction() };
-        restore();
-        Err(error)
-    })
-    .execute()
 }
 
 /// What storing one batch did.
@@ -203,7 +156,7 @@ fn ledgered(batch: &str, more: &str, insert: &str) -> String {
 }
 
 /// SQS's SentTimestamp as a timestamptz; NULL when absent or out of range.
-fn sent_at(m: &Received) -> Option<TimestampWithTimeZone> {
+pub(super) fn sent_at(m: &Received) -> Option<TimestampWithTimeZone> {
     m.sent_millis.and_then(message::pg_timestamp_from_unix_millis).and_then(|t| t.try_into().ok())
 }
 
@@ -316,8 +269,14 @@ fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
     update(&sql, &args)
 }
 
-#[derive(Default)]
-struct DeadLetters {
+/// Messages that cannot become rows, written together.
+pub(super) struct DeadLetters {
+    /// The table rows go to, as reasons name it.
+    table: String,
+    /// Its name, as error messages name it: a refusal that names no relation is this table's.
+    relation: String,
+    /// The source, when not the login source (whose name is the column's default).
+    source: Option<String>,
     message_id: Vec<String>,
     sent_at: Vec<Option<TimestampWithTimeZone>>,
     receive_count: Vec<Option<i32>>,
@@ -331,9 +290,37 @@ struct DeadLetters {
 }
 
 impl DeadLetters {
+    pub(super) fn message_ids(&self) -> &[String] {
+        &self.message_id
+    }
+
+    pub(super) fn new(table: &str, relation: &str, source: Option<&str>) -> DeadLetters {
+        DeadLetters {
+            table: table.to_owned(),
+            relation: relation.to_owned(),
+            source: source.map(str::to_owned),
+            message_id: Vec::new(),
+            sent_at: Vec::new(),
+            receive_count: Vec::new(),
+            reason: Vec::new(),
+            body: Vec::new(),
+            sqlstate: Vec::new(),
+            error_message: Vec::new(),
+            error_detail: Vec::new(),
+            constraint_name: Vec::new(),
+            table_name: Vec::new(),
+        }
+    }
+
     /// A message that cannot become a row: `refused` is the table's error when the table
     /// refused its row. The body is kept with its ip and device_id masked.
-    fn push(&mut self, m: &Received, reason: String, refused: Option<&ErrorReportWithLevel>, masker: &Masker) {
+    pub(super) fn push(
+        &mut self,
+        m: &Received,
+        reason: String,
+        refused: Option<&ErrorReportWithLevel>,
+        masker: &Masker,
+    ) {
         self.message_id.push(m.message_id.clone());
         self.sent_at.push(sent_at(m));
         self.receive_count.push(m.receive_count);
@@ -341,7 +328,7 @@ impl DeadLetters {
         self.body.push(message::dead_letter_body(&m.body, masker));
         let (constraint, relation) = refused.map(|e| refusal::names(e.message())).unwrap_or_default();
         // A refusal the message names no relation in (a unique index, a trigger) is the table's.
-        let relation = relation.or_else(|| refused.map(|_| TABLE.to_owned()));
+        let relation = relation.or_else(|| refused.map(|_| self.relation.clone()));
         self.sqlstate.push(refused.map(|e| refusal::sqlstate(e.sql_error_code() as i32)));
         self.error_message.push(refused.map(|e| e.message().to_owned()));
         self.error_detail.push(refused.and_then(|e| e.detail().map(str::to_owned)));
@@ -351,11 +338,11 @@ impl DeadLetters {
 
     /// Updates the existing dead letters of these messages with their new reason and error,
     /// and puts their ledger entries back.
-    fn update(self, target: &Target) {
+    pub(super) fn update(self, dead_letter_errors: bool) {
         if self.message_id.is_empty() {
             return;
         }
-        let errors = if target.dead_letter_errors {
+        let errors = if dead_letter_errors {
             ", sqlstate = b.sqlstate, error_message = b.error_message, error_detail = b.error_detail,
                constraint_name = b.constraint_name, table_name = b.table_name"
         } else {
@@ -383,7 +370,9 @@ impl DeadLetters {
         update(&sql, &args);
     }
 
-    fn insert(self, target: &Target) -> i32 {
+    /// Inserts them; with `ledger`, each with its ledger entry in the same statement, skipping
+    /// those already ingested. `dead_letter_errors`: the table has the refusal's columns (0.2.0).
+    pub(super) fn insert(self, dead_letter_errors: bool, ledger: bool) -> i32 {
         if self.message_id.is_empty() {
             return 0;
         }
@@ -394,7 +383,8 @@ impl DeadLetters {
             self.reason.into(),
             self.body.into(),
         ];
-        let (types, names) = if target.dead_letter_errors {
+        let (mut types, mut names) = (String::new(), String::new());
+        if dead_letter_errors {
             args.extend([
                 self.sqlstate.into(),
                 self.error_message.into(),
@@ -402,24 +392,25 @@ impl DeadLetters {
                 self.constraint_name.into(),
                 self.table_name.into(),
             ]);
-            (
-                ", $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]",
-                ", sqlstate, error_message, error_detail, constraint_name, table_name",
-            )
-        } else {
-            ("", "")
+            types.push_str(", $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]");
+            names.push_str(", sqlstate, error_message, error_detail, constraint_name, table_name");
+        }
+        let (source_value, source_name) = match self.source {
+            Some(source) => {
+                args.push(source.into());
+                (format!(", ${}::text", args.len()), ", source")
+            }
+            None => (String::new(), ""),
         };
-        let sql = ledgered(
-            &format!(
-                "SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[]{types})
-                    AS b(message_id, sent_at, receive_count, reason, body{names})"
-            ),
-            "",
-            &format!(
-                "INSERT INTO sqs_ingest.dead_letters (message_id, sent_at, receive_count, reason, body{names})
-                 SELECT message_id, sent_at, receive_count, reason, body{names}"
-            ),
+        let batch = format!(
+            "SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[]{types})
+                AS b(message_id, sent_at, receive_count, reason, body{names})"
         );
+        let insert = format!(
+            "INSERT INTO sqs_ingest.dead_letters (message_id, sent_at, receive_count, reason, body{names}{source_name})
+             SELECT message_id, sent_at, receive_count, reason, body{names}{source_value}"
+        );
+        let sql = if ledger { ledgered(&batch, "", &insert) } else { format!("{insert} FROM ({batch}) AS batch") };
         update(&sql, &args)
     }
 }
@@ -433,14 +424,27 @@ thread_local! {
 
 /// Runs an INSERT or DELETE through its kept plan and returns how many rows it touched. An
 /// ERROR of the statement propagates as it is; an SPI failure is a bug, raised as such.
-fn update(sql: &str, args: &[DatumWithOid]) -> i32 {
+pub(super) fn update(sql: &str, args: &[DatumWithOid]) -> i32 {
+    kept(sql, args, |rows| Ok(rows.len() as i32))
+}
+
+/// Runs an INSERT ... RETURNING of one text column through its kept plan: the values returned.
+pub(super) fn returning(sql: &str, args: &[DatumWithOid]) -> Vec<String> {
+    kept(sql, args, |rows| rows.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect())
+}
+
+fn kept<R>(
+    sql: &str,
+    args: &[DatumWithOid],
+    read: impl FnOnce(pgrx::spi::SpiTupleTable) -> Result<R, pgrx::spi::SpiError>,
+) -> R {
     Spi::connect_mut(|client| {
         PLANS.with_borrow_mut(|plans| {
             if !plans.contains_key(sql) {
                 let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
                 plans.insert(sql.to_owned(), client.prepare_mut(sql, &types)?.keep());
             }
-            client.update(&plans[sql], None, args).map(|t| t.len() as i32)
+            read(client.update(&plans[sql], None, args)?)
         })
     })
     .unwrap_or_else(|e| raise(IngestError::Spi { doing: "storing a batch", error: e.to_string() }))

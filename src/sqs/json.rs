@@ -51,6 +51,7 @@ pub async fn receive(client: &Client, queue: &Queue, max: i32, wait_seconds: i32
                 message_id: m.message_id?,
                 receipt_handle: m.receipt_handle?,
                 body: m.body.unwrap_or_default(),
+                attributes: None,
             })
         })
         .collect())

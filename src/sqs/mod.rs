@@ -37,6 +37,18 @@ pub enum Protocol {
     Query,
 }
 
+impl Protocol {
+    /// The protocol a source names (sqs_ingest.sources.protocol).
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        match name {
+            "auto" => Some(Protocol::Auto),
+            "json" => Some(Protocol::Json),
+            "query" => Some(Protocol::Query),
+            _ => None,
+        }
+    }
+}
+
 /// Everything a connection is built from; a change of any of it builds a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -75,7 +87,7 @@ impl Queue {
         in_flight: usize,
         wait_seconds: i32,
         between: impl FnMut() -> bool,
-    ) -> Option<Result<Vec<Received>, SqsError>> {
+    ) -> Option<Result<Receipt, SqsError>> {
         let received = run(self.receive_many(max, in_flight, wait_seconds), between);
         // Logged here, on the main thread: no Postgres call may run inside a future.
         if let Some(target) = DETECTED.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -87,7 +99,7 @@ impl Queue {
     /// ReceiveMessage requests for `max` messages in all, ten per request and at most
     /// `in_flight` of them at once: what they bring together. One failure fails them all; what
     /// the others received then comes back after its visibility timeout.
-    async fn receive_many(&self, max: usize, in_flight: usize, wait_seconds: i32) -> Result<Vec<Received>, SqsError> {
+    async fn receive_many(&self, max: usize, in_flight: usize, wait_seconds: i32) -> Result<Receipt, SqsError> {
         let connection = connection(&self.config).await?;
         let requests = max.div_ceil(BATCH).clamp(1, in_flight.max(1));
         let sizes = (0..requests).map(|i| (max - i * BATCH).min(BATCH) as i32);
@@ -103,7 +115,11 @@ impl Queue {
             })
         }))
         .await?;
-        Ok(batches.concat())
+        Ok(Receipt {
+            requests: batches.len(),
+            empty: batches.iter().filter(|b| b.is_empty()).count(),
+            messages: batches.concat(),
+        })
     }
 
     /// Deletes `handles` in DeleteMessageBatch requests of ten, `in_flight` at once; stops
@@ -112,7 +128,7 @@ impl Queue {
         use futures_util::stream::{self, StreamExt};
         let connection = match connection(&self.config).await {
             Ok(c) => c,
-            Err(e) => return Deleted { refused: 0, unconfirmed: handles.len(), error: Some(e) },
+            Err(e) => return Deleted { refused: 0, unconfirmed: handles.len(), error: Some(e), requests: 0 },
         };
         let limit = self.config.request_timeout;
         let connection = &connection;
@@ -131,6 +147,7 @@ impl Queue {
         let mut out = Deleted::default();
         let mut answered = 0;
         while let Some((sent, result)) = requests.next().await {
+            out.requests += 1;
             match result {
                 Ok(refused) => {
                     answered += sent;
@@ -184,6 +201,15 @@ impl Queue {
 /// An endpoint found to speak only Query, not yet logged.
 static DETECTED: Mutex<Option<String>> = Mutex::new(None);
 
+/// What a set of ReceiveMessage requests brought.
+#[derive(Debug, Default)]
+pub struct Receipt {
+    pub messages: Vec<Received>,
+    pub requests: usize,
+    /// Requests answered with no message.
+    pub empty: usize,
+}
+
 /// What deleting a set of messages came to.
 #[derive(Debug, Default)]
 pub struct Deleted {
@@ -193,6 +219,8 @@ pub struct Deleted {
     pub unconfirmed: usize,
     /// The failure that stopped it.
     pub error: Option<SqsError>,
+    /// DeleteMessageBatch requests sent.
+    pub requests: usize,
 }
 
 /// The backend's connection to one endpoint: credentials resolved once, a client per protocol.

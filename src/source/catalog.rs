@@ -1,0 +1,244 @@
+//! The catalog sqs_ingest.sources: create_source, alter_source, drop_source, and the generation
+//! counter that tells the workers, within a poll's slice, that a committed change awaits them.
+use super::mapping::Mapping;
+use super::{Source, SourceError, LOGIN};
+use crate::role;
+use crate::settings;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, JsonB, PgAtomic, PgRelation};
+use sqs_ingest_core::endpoint::endpoint_for_queue;
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+// SAFETY: the only shared memory of this name.
+static GENERATION: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"sqs_ingest_sources_generation") };
+/// Set in the postmaster while preloading, and so inherited by every process it forks.
+static ALLOCATED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Whether this transaction changed the catalog, and whether the callback is registered.
+    static CHANGED: Cell<bool> = const { Cell::new(false) };
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Asks for the shared memory; only possible while shared_preload_libraries load.
+pub fn allocate() {
+    pg_shmem_init!(GENERATION);
+    ALLOCATED.store(true, Ordering::Relaxed);
+}
+
+/// How many committed transactions have changed the catalog since the server started (0 when
+/// sqs_ingest is not preloaded).
+pub fn generation() -> u64 {
+    if ALLOCATED.load(Ordering::Relaxed) {
+        GENERATION.get().load(Ordering::Acquire)
+    } else {
+        0
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        // An atomic add cannot fail, as nothing after commit may.
+        XACT_EVENT_COMMIT if CHANGED.replace(false) => {
+            GENERATION.get().fetch_add(1, Ordering::Release);
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE => CHANGED.set(false),
+        _ => {}
+    }
+}
+
+extension_sql!(
+    "CREATE TRIGGER sources_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON sqs_ingest.sources
+         FOR EACH STATEMENT EXECUTE FUNCTION sqs_ingest.sources_changed();",
+    name = "sources_changed_trigger",
+    requires = ["bootstrap", sqs_ingest::sources_changed]
+);
+
+/// The checks every source passes before it is written: name, queue URL, settings, mapping.
+fn check(source: &Source) -> Result<(), SourceError> {
+    let name = &source.name;
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(SourceError::BadName(name.clone()));
+    }
+    if let Some(url) = &source.overrides.queue_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(SourceError::BadQueueUrl(sqs_ingest_core::redact::url(url)));
+        }
+        // Whoever may create sources may make the server sign requests with its credentials:
+        // to AWS, or to the endpoint a superuser configured; elsewhere only a superuser.
+        if endpoint_for_queue(url).is_some() && !settings::endpoint_is_set() && !role::is_superuser() {
+            return Err(SourceError::Endpoint(sqs_ingest_core::redact::url(url)));
+        }
+    }
+    if !source.is_login() {
+        let mapping = Mapping::resolve(source)?;
+        mapping.check()?;
+    }
+    Ok(())
+}
+
+/// The columns argument as (column, expression) pairs; JSON null: none (the body's keys).
+fn columns(columns: JsonB) -> Result<Option<Vec<(String, String)>>, SourceError> {
+    match columns.0 {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(column, expression)| match expression {
+                serde_json::Value::String(e) if !e.trim().is_empty() => Ok((column, e)),
+                _ => {
+                    Err(SourceError::BadColumns(format!("maps \"{column}\" to something else than an SQL expression")))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        _ => Err(SourceError::BadColumns("must be a JSON object".to_owned())),
+    }
+}
+
+/// Writes the catalog with the privileges of the extension's owner: the caller was checked
+/// above, and may hold no right on the catalog itself.
+fn write(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<(), SourceError> {
+    let owner: Option<pg_sys::Oid> =
+        Spi::get_one("SELECT extowner FROM pg_extension WHERE extname = 'sqs_ingest'").ok().flatten();
+    let owner = owner.ok_or(SourceError::NoExtension)?;
+    role::run_as(owner, false, || Spi::run_with_args(sql, args)).map_err(SourceError::spi("writing sqs_ingest.sources"))
+}
+
+fn mapping_json(source: &Source) -> Option<String> {
+    source.columns.as_ref().map(|c| {
+        serde_json::Value::Object(c.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
+            .to_string()
+    })
+}
+
+#[pg_schema]
+mod sqs_ingest {
+    use super::*;
+
+    /// Fires on every change of sqs_ingest.sources, through the functions below, an UPDATE or a
+    /// restore alike: the workers look again once the transaction commits.
+    #[pg_trigger]
+    fn sources_changed<'a>(
+        _trigger: &'a pgrx::PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByRust>>, std::convert::Infallible> {
+        if super::ALLOCATED.load(Ordering::Relaxed) {
+            if !super::REGISTERED.replace(true) {
+                // SAFETY: a plain function that lives as long as the backend.
+                unsafe { pg_sys::RegisterXactCallback(Some(super::on_xact), std::ptr::null_mut()) };
+            }
+            super::CHANGED.set(true);
+        }
+        Ok(None)
+    }
+
+    /// Creates a source owned by the current user; its mapping is checked now, as its owner.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn create_source(
+        name: Option<String>,
+        queue_url: Option<String>,
+        target: Option<PgRelation>,
+        columns: default!(Option<JsonB>, "NULL"),
+        enabled: default!(Option<bool>, true),
+    ) -> Result<(), ErrorReport> {
+        let name = name.ok_or(SourceError::Null("name"))?;
+        let queue_url = queue_url.ok_or(SourceError::Null("queue_url"))?;
+        let target = target.ok_or(SourceError::Null("target"))?.oid();
+        let enabled = enabled.ok_or(SourceError::Null("enabled"))?;
+        let source = Source {
+            name: name.clone(),
+            target: Some(target),
+            columns: columns.map(super::columns).transpose()?.flatten(),
+            enabled,
+            owner: role::current(),
+            overrides: settings::Overrides { queue_url: Some(queue_url), ..Default::default() },
+            workers: None,
+        };
+        match Source::load(&name) {
+            Ok(_) => return Err(SourceError::Exists(name).into()),
+            Err(SourceError::Unknown(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        check(&source)?;
+        write(
+            "INSERT INTO sqs_ingest.sources (name, queue_url, target, columns, enabled, owner)
+             VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
+            &[
+                source.name.clone().into(),
+                source.overrides.queue_url.clone().into(),
+                target.into(),
+                mapping_json(&source).into(),
+                enabled.into(),
+                source.owner.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Changes what is given of a source (NULL leaves a field as it is; columns => 'null'
+    /// goes back to the body's keys). Its owner or a superuser may.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn alter_source(
+        name: Option<String>,
+        queue_url: default!(Option<String>, "NULL"),
+        target: default!(Option<PgRelation>, "NULL"),
+        columns: default!(Option<JsonB>, "NULL"),
+        enabled: default!(Option<bool>, "NULL"),
+    ) -> Result<(), ErrorReport> {
+        let name = name.ok_or(SourceError::Null("name"))?;
+        let mut source = Source::load(&name)?;
+        if !role::acts_for(source.owner) {
+            return Err(SourceError::NotOwner(name).into());
+        }
+        if source.is_login() && (queue_url.is_some() || target.is_some() || columns.is_some()) {
+            return Err(SourceError::BuiltIn("changed, except for enabled").into());
+        }
+        if queue_url.is_some() {
+            source.overrides.queue_url = queue_url;
+        }
+        if let Some(target) = target {
+            source.target = Some(target.oid());
+        }
+        if let Some(columns) = columns {
+            source.columns = super::columns(columns)?;
+        }
+        if let Some(enabled) = enabled {
+            source.enabled = enabled;
+        }
+        check(&source)?;
+        write(
+            "UPDATE sqs_ingest.sources SET queue_url = $2, target = $3, columns = $4::jsonb, enabled = $5
+             WHERE name = $1",
+            &[
+                source.name.clone().into(),
+                source.overrides.queue_url.clone().into(),
+                source.target.into(),
+                mapping_json(&source).into(),
+                source.enabled.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Drops a source; its dead letters stay. Its owner or a superuser may.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn drop_source(name: Option<String>) -> Result<(), ErrorReport> {
+        let name = name.ok_or(SourceError::Null("name"))?;
+        if name == LOGIN {
+            return Err(SourceError::BuiltIn("dropped").into());
+        }
+        let source = Source::load(&name)?;
+        if !role::acts_for(source.owner) {
+            return Err(SourceError::NotOwner(name).into());
+        }
+        write("DELETE FROM sqs_ingest.sources WHERE name = $1", &[name.into()])?;
+        Ok(())
+    }
+}
