@@ -9,6 +9,7 @@ mod masking;
 mod recovery;
 mod role;
 mod settings;
+mod shmem;
 mod source;
 mod sqs;
 mod status;

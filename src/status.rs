@@ -1,12 +1,15 @@
 //! Shared-memory status of the background workers, shown by the view sqs_ingest.worker_status:
 //! what each is doing, and for which source.
 use crate::settings::MAX_WORKERS;
-use pgrx::datum::TimestampWithTimeZone;
+use crate::shmem::FixedText;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, FromDatum, PGRXSharedMemory, PgLwLock};
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
-const ERROR_LEN: usize = 240;
-const SOURCE_LEN: usize = 64;
+
+/// Longest error kept, in bytes.
+pub const ERROR_LEN: usize = 240;
+/// Longest source name (a catalog CHECK allows 63 bytes).
+pub const NAME_LEN: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -43,10 +46,10 @@ pub struct Slot {
     pub ingested: i64,
     pub dead_letters: i64,
     pub duplicates: i64,
-    error_len: usize,
-    error: [u8; ERROR_LEN],
-    source_len: usize,
-    source: [u8; SOURCE_LEN],
+    /// The last round's error; empty once a round succeeds.
+    pub error: FixedText<ERROR_LEN>,
+    /// The source being served, or served last.
+    pub source: FixedText<NAME_LEN>,
 }
 
 impl Slot {
@@ -58,38 +61,9 @@ impl Slot {
         ingested: 0,
         dead_letters: 0,
         duplicates: 0,
-        error_len: 0,
-        error: [0; ERROR_LEN],
-        source_len: 0,
-        source: [0; SOURCE_LEN],
+        error: FixedText::EMPTY,
+        source: FixedText::EMPTY,
     };
-
-    /// The source being served (names are at most 63 bytes, a catalog CHECK).
-    pub fn set_source(&mut self, source: Option<&str>) {
-        let source = source.unwrap_or_default();
-        let len = source.len().min(SOURCE_LEN);
-        self.source[..len].copy_from_slice(&source.as_bytes()[..len]);
-        self.source_len = len;
-    }
-
-    fn source(&self) -> Option<String> {
-        (self.source_len > 0).then(|| String::from_utf8_lossy(&self.source[..self.source_len]).into_owned())
-    }
-
-    /// Keeps the first ERROR_LEN bytes of `error`, cut at a character boundary.
-    pub fn set_error(&mut self, error: Option<&str>) {
-        let error = error.unwrap_or_default();
-        let mut len = error.len().min(ERROR_LEN);
-        while !error.is_char_boundary(len) {
-            len -= 1;
-        }
-        self.error[..len].copy_from_slice(&error.as_bytes()[..len]);
-        self.error_len = len;
-    }
-
-    fn error(&self) -> Option<String> {
-        (self.error_len > 0).then(|| String::from_utf8_lossy(&self.error[..self.error_len]).into_owned())
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -125,15 +99,11 @@ pub fn now() -> pg_sys::TimestampTz {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-fn timestamp(ts: Option<pg_sys::TimestampTz>) -> Option<TimestampWithTimeZone> {
-    // SAFETY: a TimestampTz is a timestamptz Datum by value.
-    ts.and_then(|t| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) })
-}
-
 /// In the schema sqs_ingest, beside the view over it.
 #[pg_schema]
 mod sqs_ingest {
-    use super::{timestamp, ALLOCATED, SLOTS};
+    use super::{ALLOCATED, SLOTS};
+    use crate::shmem::timestamp;
     use pgrx::datum::TimestampWithTimeZone;
     use pgrx::prelude::*;
     use std::sync::atomic::Ordering;
@@ -164,14 +134,14 @@ mod sqs_ingest {
                     (
                         i as i32,
                         (s.pid != 0).then_some(s.pid),
-                        s.source(),
+                        s.source.get(),
                         s.state.name().to_owned(),
                         timestamp(s.last_poll),
                         timestamp(s.last_success),
                         s.ingested,
                         s.dead_letters,
                         s.duplicates,
-                        s.error(),
+                        s.error.get(),
                     )
                 })
                 .collect()

@@ -114,7 +114,7 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
         let now = Instant::now();
         // The catalog, this worker's sources, and the next of them whose turn it is and that is
         // not backing off, read in one transaction with that source's table.
-        type Picked = Option<(Source, Result<Sink, IngestError>, Vec<Source>)>;
+        type Picked = (Vec<Source>, Option<(Source, Result<Sink, IngestError>)>);
         let picked = in_transaction(AssertUnwindSafe(|| -> Result<Picked, SourceError> {
             let mine = assigned(index)?;
             // The ready source polled least recently (one never polled first): fair, and a
@@ -122,36 +122,37 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
             let ready = mine
                 .iter()
                 .filter(|s| served.get(&s.name).and_then(|s| s.retry_at).is_none_or(|at| at <= now))
-                .min_by_key(|s| served.get(&s.name).and_then(|s| s.polled_at));
-            let Some(source) = ready.cloned() else { return Ok(None) };
-            let sink = Sink::resolve(&source);
-            Ok(Some((source, sink, mine)))
+                .min_by_key(|s| served.get(&s.name).and_then(|s| s.polled_at))
+                .cloned();
+            let picked = ready.map(|source| {
+                let sink = Sink::resolve(&source);
+                (source, sink)
+            });
+            Ok((mine, picked))
         }));
-        let (source, sink, mine) = match picked {
-            Ok(Ok(Some(picked))) => picked,
-            Ok(Ok(None)) => {
-                // Nothing assigned, or every source backing off.
-                let soonest = served.values().filter_map(|s| s.retry_at).min();
-                let pause = soonest.map_or(IDLE_RECHECK, |at| at.saturating_duration_since(now)).min(IDLE_RECHECK);
-                if soonest.is_none() {
-                    status::update(index, |s| {
-                        s.state = State::Idle;
-                        s.set_source(None);
-                    });
-                }
-                wait_for_change(pause, generation);
-                continue;
-            }
-            Ok(Err(e)) => {
-                back_off(index, None, &mut catalog_trouble, Problem::new(e.to_string()));
+        let (mine, picked) = match picked.map_err(Problem::new).and_then(|r| r.map_err(|e| Problem::new(e.to_string())))
+        {
+            Ok(read) => read,
+            Err(problem) => {
+                back_off(index, None, &mut catalog_trouble, problem);
                 wait_for_change(catalog_trouble.pause, generation);
                 continue;
             }
-            Err(e) => {
-                back_off(index, None, &mut catalog_trouble, Problem::new(e));
-                wait_for_change(catalog_trouble.pause, generation);
-                continue;
+        };
+        // What is known of sources no longer served is forgotten.
+        served.retain(|name, _| mine.iter().any(|s| &s.name == name));
+        let Some((source, sink)) = picked else {
+            // Nothing assigned, or every source backing off.
+            let soonest = served.values().filter_map(|s| s.retry_at).min();
+            let pause = soonest.map_or(IDLE_RECHECK, |at| at.saturating_duration_since(now)).min(IDLE_RECHECK);
+            if soonest.is_none() {
+                status::update(index, |s| {
+                    s.state = State::Idle;
+                    s.source.set(None);
+                });
             }
+            wait_for_change(pause, generation);
+            continue;
         };
         let state = served.entry(source.name.clone()).or_default();
         state.polled_at = Some(Instant::now());
@@ -181,10 +182,6 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
                 back_off(index, Some(&source.name), state, problem);
                 state.retry_at = Some(Instant::now() + state.pause);
             }
-        }
-        // Forget sources no longer served, so that the map stays as small as the catalog.
-        if served.len() > 64 {
-            served.retain(|_, s| s.retry_at.is_some() || s.backlog);
         }
     }
     status::update(index, |s| {
@@ -223,8 +220,8 @@ fn back_off(index: usize, source: Option<&str>, state: &mut Served, problem: Pro
     }
     status::update(index, |s| {
         s.state = State::BackingOff;
-        s.set_source(source);
-        s.set_error(Some(&problem.text));
+        s.source.set(source);
+        s.error.set(Some(&problem.text));
     });
     if let Some(source) = source {
         stats::set_error(source, Some(&problem.text));
@@ -246,7 +243,7 @@ fn round(index: usize, source: &Source, sink: &Sink, mine: &[Source], backlog: b
     };
     status::update(index, |s| {
         s.state = State::Polling;
-        s.set_source(Some(name));
+        s.source.set(Some(name));
         s.last_poll = Some(status::now());
     });
     // An idle queue costs one long poll per wait. A full round means a backlog: the next
@@ -275,11 +272,7 @@ fn round(index: usize, source: &Source, sink: &Sink, mine: &[Source], backlog: b
         Some(Err(e)) => return Round::Failed(Problem::from(e)),
         Some(Ok(receipt)) => receipt,
     };
-    stats::add(name, |c| {
-        c.received += receipt.messages.len() as i64;
-        c.receive_requests += receipt.requests as i64;
-        c.empty_receives += receipt.empty as i64;
-    });
+    stats::received(name, &receipt);
     let full = receipt.messages.len() == max;
     if receipt.messages.is_empty() {
         succeeded(index, name, None);
@@ -308,7 +301,7 @@ fn succeeded(index: usize, source: &str, stored: Option<ingest::Stored>) {
             s.dead_letters += stored.dead_letters as i64;
             s.duplicates += stored.duplicates as i64;
         }
-        s.set_error(None);
+        s.error.set(None);
     });
     stats::set_error(source, None);
 }

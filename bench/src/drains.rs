@@ -31,7 +31,7 @@ pub fn run(b: &Bench) -> Vec<Row> {
     setup.batch_execute("DROP TABLE IF EXISTS generic_logins; CREATE TABLE generic_logins (LIKE user_logins)").unwrap();
     setup
         .execute(
-            "SELECT sqs_ingest.create_source('generic', $1, 'generic_logins', $2::text::jsonb, enabled => true)",
+            "SELECT sqs_ingest.create_source('generic', $1, 'generic_logins', $2::text::jsonb)",
             &[&b.queue.url, &GENERIC],
         )
         .unwrap();

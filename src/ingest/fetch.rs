@@ -40,11 +40,7 @@ fn fetch(name: &str, max: Option<i32>) -> Result<i32, ErrorReport> {
                 return Err(e.into());
             }
         };
-        stats::add(name, |c| {
-            c.received += receipt.messages.len() as i64;
-            c.receive_requests += receipt.requests as i64;
-            c.empty_receives += receipt.empty as i64;
-        });
+        stats::received(name, &receipt);
         if receipt.messages.is_empty() {
             break;
         }

@@ -59,7 +59,7 @@ pub fn ingest(source: &str, sink: &Sink, settings: &FetchSettings, received: Vec
             .filter_map(|m| m.sent_millis)
             .max()
             .and_then(sqs_ingest_core::message::pg_timestamp_from_unix_millis),
-        ..Counts::default()
+        ..Counts::ZERO
     };
     let handles = received.into_iter().map(|m| m.receipt_handle).collect();
     xact::delete_after_commit(source, &settings.queue, handles, counts);

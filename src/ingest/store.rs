@@ -270,6 +270,7 @@ fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
 }
 
 /// Messages that cannot become rows, written together.
+#[derive(Default)]
 pub(super) struct DeadLetters {
     /// The table rows go to, as reasons name it.
     table: String,
@@ -299,16 +300,7 @@ impl DeadLetters {
             table: table.to_owned(),
             relation: relation.to_owned(),
             source: source.map(str::to_owned),
-            message_id: Vec::new(),
-            sent_at: Vec::new(),
-            receive_count: Vec::new(),
-            reason: Vec::new(),
-            body: Vec::new(),
-            sqlstate: Vec::new(),
-            error_message: Vec::new(),
-            error_detail: Vec::new(),
-            constraint_name: Vec::new(),
-            table_name: Vec::new(),
+            ..DeadLetters::default()
         }
     }
 

@@ -66,13 +66,12 @@ impl Source {
         if catalog != Some(true) {
             return Ok(match name {
                 Some(n) if n != LOGIN => Vec::new(),
-                // SAFETY: reads this backend's user id.
                 _ => vec![Source {
                     name: LOGIN.to_owned(),
                     target: None,
                     columns: None,
                     enabled: true,
-                    owner: unsafe { pg_sys::GetUserId() },
+                    owner: crate::role::current(),
                     overrides: Overrides::default(),
                     workers: None,
                 }],

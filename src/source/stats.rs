@@ -1,17 +1,17 @@
 //! Shared-memory counters per source since the server started, shown by the view
 //! sqs_ingest.source_status: what workers and committed fetch_source calls did.
-use pgrx::datum::TimestampWithTimeZone;
+use crate::shmem::FixedText;
+use crate::sqs::Receipt;
+use crate::status::{ERROR_LEN, NAME_LEN};
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, FromDatum, PGRXSharedMemory, PgLwLock};
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Sources counted at once; more are served, but not counted until the server restarts.
 pub const MAX_COUNTED: usize = 64;
-const NAME_LEN: usize = 64;
-const ERROR_LEN: usize = 240;
 
 /// What one source did.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Counts {
     pub received: i64,
     pub rows: i64,
@@ -26,20 +26,14 @@ pub struct Counts {
 
 #[derive(Clone, Copy)]
 struct Entry {
-    name_len: usize,
-    name: [u8; NAME_LEN],
+    /// Empty: a free entry.
+    name: FixedText<NAME_LEN>,
     counts: Counts,
-    error_len: usize,
-    error: [u8; ERROR_LEN],
+    error: FixedText<ERROR_LEN>,
 }
 
 impl Entry {
-    const EMPTY: Entry =
-        Entry { name_len: 0, name: [0; NAME_LEN], counts: Counts::ZERO, error_len: 0, error: [0; ERROR_LEN] };
-
-    fn name(&self) -> &[u8] {
-        &self.name[..self.name_len]
-    }
+    const EMPTY: Entry = Entry { name: FixedText::EMPTY, counts: Counts::ZERO, error: FixedText::EMPTY };
 }
 
 impl Counts {
@@ -54,7 +48,7 @@ impl Counts {
         self.newest_sent = self.newest_sent.max(other.newest_sent);
     }
 
-    const ZERO: Counts = Counts {
+    pub const ZERO: Counts = Counts {
         received: 0,
         rows: 0,
         dead_letters: 0,
@@ -94,17 +88,18 @@ pub fn add(source: &str, change: impl FnOnce(&mut Counts)) {
     entry(source, |e| change(&mut e.counts));
 }
 
+/// Counts what a set of ReceiveMessage requests for `source` brought.
+pub fn received(source: &str, receipt: &Receipt) {
+    add(source, |c| {
+        c.received += receipt.messages.len() as i64;
+        c.receive_requests += receipt.requests as i64;
+        c.empty_receives += receipt.empty as i64;
+    });
+}
+
 /// Records `source`'s last error; None: it works again.
 pub fn set_error(source: &str, error: Option<&str>) {
-    let error = error.unwrap_or_default();
-    entry(source, |e| {
-        let mut len = error.len().min(ERROR_LEN);
-        while !error.is_char_boundary(len) {
-            len -= 1;
-        }
-        e.error[..len].copy_from_slice(&error.as_bytes()[..len]);
-        e.error_len = len;
-    });
+    entry(source, |e| e.error.set(error));
 }
 
 fn entry(source: &str, change: impl FnOnce(&mut Entry)) {
@@ -112,27 +107,22 @@ fn entry(source: &str, change: impl FnOnce(&mut Entry)) {
         return;
     }
     let mut entries = ENTRIES.exclusive();
-    let found = entries.0.iter().position(|e| e.name() == source.as_bytes());
-    let index = match found.or_else(|| entries.0.iter().position(|e| e.name_len == 0)) {
+    let found = entries.0.iter().position(|e| e.name.is(source));
+    let index = match found.or_else(|| entries.0.iter().position(|e| e.name.is_empty())) {
         Some(i) => i,
         None => return,
     };
     let e = &mut entries.0[index];
-    if e.name_len == 0 {
-        e.name[..source.len()].copy_from_slice(source.as_bytes());
-        e.name_len = source.len();
+    if e.name.is_empty() {
+        e.name.set(Some(source));
     }
     change(e);
 }
 
-fn timestamp(ts: Option<pg_sys::TimestampTz>) -> Option<TimestampWithTimeZone> {
-    // SAFETY: a TimestampTz is a timestamptz Datum by value.
-    ts.and_then(|t| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) })
-}
-
 #[pg_schema]
 mod sqs_ingest {
-    use super::{timestamp, ALLOCATED, ENTRIES};
+    use super::{ALLOCATED, ENTRIES};
+    use crate::shmem::timestamp;
     use pgrx::datum::TimestampWithTimeZone;
     use pgrx::prelude::*;
     use std::sync::atomic::Ordering;
@@ -159,11 +149,11 @@ mod sqs_ingest {
                 .share()
                 .0
                 .iter()
-                .filter(|e| e.name_len > 0)
+                .filter(|e| !e.name.is_empty())
                 .map(|e| {
                     let c = e.counts;
                     (
-                        String::from_utf8_lossy(e.name()).into_owned(),
+                        e.name.get().unwrap_or_default(),
                         c.received,
                         c.rows,
                         c.dead_letters,
@@ -172,7 +162,7 @@ mod sqs_ingest {
                         c.empty_receives,
                         c.delete_requests,
                         timestamp(c.newest_sent),
-                        (e.error_len > 0).then(|| String::from_utf8_lossy(&e.error[..e.error_len]).into_owned()),
+                        e.error.get(),
                     )
                 })
                 .collect()
