@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-bash scripts/setup.sh
+# scripts/setup.sh and LocalStack, which the FIFO tests and the benchmark run against.
+bash bench/setup.sh
 
 echo "==> formatting (cargo fmt --check, rustfmt.toml)"
 cargo fmt --all --check

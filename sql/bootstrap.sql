@@ -107,6 +107,9 @@ CREATE TABLE sqs_ingest.sources (
     workers            integer CHECK (workers BETWEEN 0 AND 16),
     protocol           text CHECK (protocol IN ('auto', 'json', 'query')),
     created_at         timestamptz NOT NULL DEFAULT now(),
+    -- How bodies are opened: auto (SNS notifications and EventBridge events, anything else as
+    -- it is), none, sns, eventbridge. Added in 0.4.0, hence after created_at.
+    envelope           text NOT NULL DEFAULT 'auto' CHECK (envelope IN ('auto', 'none', 'sns', 'eventbridge')),
     CHECK (name = 'login' OR (queue_url IS NOT NULL AND target IS NOT NULL))
 );
 -- The built-in login source: created here, so pg_dump leaves it out (a restore's CREATE

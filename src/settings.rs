@@ -305,6 +305,8 @@ pub struct Overrides {
     pub visibility_timeout: Option<i32>,
     pub requests_in_flight: Option<i32>,
     pub protocol: Option<Protocol>,
+    /// Receives ask for message attributes: the source's expressions use them.
+    pub message_attributes: bool,
 }
 
 /// What one fetch needs, read on the backend's main thread before any async code runs.
@@ -360,6 +362,7 @@ pub fn fetch_settings(overrides: &Overrides) -> Result<FetchSettings, SettingsEr
             },
             url: queue_url,
             visibility_timeout: (visibility >= 0).then_some(visibility),
+            message_attributes: overrides.message_attributes,
         },
         wait_seconds: FETCH_WAIT.get(),
         worker_wait: overrides.wait_seconds.unwrap_or_else(|| WORKER_WAIT.get()),
@@ -370,8 +373,8 @@ pub fn fetch_settings(overrides: &Overrides) -> Result<FetchSettings, SettingsEr
     })
 }
 
-/// `sqs_ingest.requests_in_flight` now: deletes after commit read it then, not at fetch time.
-pub fn requests_in_flight() -> usize {
+/// `sqs_ingest.requests_in_flight`: receives of a round and deletes after its commit alike.
+fn requests_in_flight() -> usize {
     REQUESTS_IN_FLIGHT.get() as usize
 }
 

@@ -32,6 +32,8 @@ struct Pending {
     source: String,
     queue: Queue,
     handles: Vec<String>,
+    /// Delete requests sent at once: the source's requests_in_flight.
+    in_flight: usize,
     /// What storing them did, counted for the source once it commits.
     counts: Counts,
 }
@@ -41,9 +43,10 @@ thread_local! {
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Queues `handles`, received from `source`'s queue, for deletion when the current
-/// (sub)transaction's top level commits, and `counts` to be added to the source's then.
-pub fn delete_after_commit(source: &str, queue: &Queue, handles: Vec<String>, counts: Counts) {
+/// Queues `handles`, received from `source`'s queue, for deletion `in_flight` requests at once
+/// when the current (sub)transaction's top level commits, and `counts` to be added to the
+/// source's then.
+pub fn delete_after_commit(source: &str, queue: &Queue, in_flight: usize, handles: Vec<String>, counts: Counts) {
     if handles.is_empty() {
         return;
     }
@@ -62,7 +65,14 @@ pub fn delete_after_commit(source: &str, queue: &Queue, handles: Vec<String>, co
             last.handles.extend(handles);
             last.counts.add(&counts);
         }
-        _ => pending.push(Pending { subxact, source: source.to_owned(), queue: queue.clone(), handles, counts }),
+        _ => pending.push(Pending {
+            subxact,
+            source: source.to_owned(),
+            queue: queue.clone(),
+            handles,
+            in_flight,
+            counts,
+        }),
     });
 }
 
@@ -103,8 +113,7 @@ unsafe extern "C-unwind" fn on_subxact(
 /// Deletes each entry's messages, several requests at once. What is not deleted comes back
 /// after the visibility timeout, and the ledger turns it into a no-op.
 fn delete_all(pending: Vec<Pending>) {
-    let in_flight = crate::settings::requests_in_flight();
-    for Pending { source, queue, handles, counts, .. } in pending {
+    for Pending { source, queue, handles, in_flight, counts, .. } in pending {
         let queue_url = sqs_ingest_core::redact::url(&queue.url);
         let limit = queue.delete_many_limit(handles.len(), in_flight);
         let done = sqs::run_with_deadline(queue.delete_many(&handles, in_flight), limit);

@@ -136,7 +136,9 @@ pub fn run(b: &Bench) -> Vec<Row> {
 /// bench/reference_pipeline.py, timed and charged by itself from after its imports.
 fn python(b: &Bench, n: usize) -> (f64, f64) {
     let venv = PathBuf::from(std::env::var("SQS_INGEST_BENCH_VENV").expect("run bench/run.sh"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference_pipeline.py");
+    // From the checkout bench/run.sh runs in (its working directory), not the one whose path
+    // was compiled in: a cached binary may have been built from another clone.
+    let script = std::env::current_dir().expect("a working directory").join("bench/reference_pipeline.py");
     let out = Command::new(venv.join("bin/python"))
         .arg(script)
         .args([&b.queue.url, &b.cluster.url("postgres"), &n.to_string()])

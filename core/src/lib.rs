@@ -1,6 +1,7 @@
 //! Pure logic of sqs_ingest, free of pgrx so it is unit-tested with `cargo test` and fuzzed.
 pub mod assignment;
 pub mod endpoint;
+pub mod envelope;
 pub mod key_file;
 pub mod masking;
 pub mod message;

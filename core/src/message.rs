@@ -38,6 +38,16 @@ pub enum AppVersion<'a> {
     Integer(i32),
 }
 
+impl AppVersion<'_> {
+    /// The same version, borrowing nothing: a payload opened from an envelope is short-lived.
+    pub fn into_owned(self) -> AppVersion<'static> {
+        match self {
+            AppVersion::Text(t) => AppVersion::Text(Cow::Owned(t.into_owned())),
+            AppVersion::Integer(v) => AppVersion::Integer(v),
+        }
+    }
+}
+
 /// A message that can become one row of `user_logins` (before masking).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login<'a> {
@@ -55,11 +65,20 @@ pub struct Login<'a> {
 pub enum Rejection {
     NotJson(String),
     NotObject(&'static str),
+    /// The source expects an envelope (sqs_ingest.sources.envelope) the body is not.
+    NotEnvelope(&'static str),
     Missing(&'static str),
     Null(&'static str),
-    WrongType { field: &'static str, found: &'static str },
+    WrongType {
+        field: &'static str,
+        found: &'static str,
+    },
     Nul(&'static str),
-    TooLong { field: &'static str, chars: usize, max: usize },
+    TooLong {
+        field: &'static str,
+        chars: usize,
+        max: usize,
+    },
     Version(VersionError),
 }
 
@@ -68,6 +87,7 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::NotJson(e) => write!(f, "body is not valid JSON: {e}"),
             Rejection::NotObject(kind) => write!(f, "body is valid JSON but {kind}, not an object"),
+            Rejection::NotEnvelope(what) => write!(f, "body is not {what}"),
             Rejection::Missing(field) => write!(f, "field \"{field}\" is missing"),
             Rejection::Null(field) => write!(f, "field \"{field}\" is null"),
             Rejection::WrongType { field, found } => {
@@ -230,16 +250,34 @@ fn fits<'a>(field: &'static str, value: Cow<'a, str>, max: Option<usize>) -> Res
 }
 
 /// The body as a dead letter keeps it: `ip` and `device_id` masked when the body is a JSON
-/// object; otherwise the body as it came (nothing in it can be found to mask). NUL characters,
-/// which Postgres text cannot hold, become U+FFFD.
+/// object, or an SNS notification or EventBridge event around one; otherwise the body as it came
+/// (nothing in it can be found to mask). NUL characters, which Postgres text cannot hold,
+/// become U+FFFD.
 pub fn dead_letter_body(body: &str, masker: &Masker) -> String {
-    let masked = match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(mut object)) => {
-            for key in ["ip", "device_id"] {
-                if let Some(serde_json::Value::String(s)) = object.get_mut(key) {
-                    *s = masker.mask(s);
+    use serde_json::Value;
+    let mask = |object: &mut serde_json::Map<String, Value>| {
+        for key in ["ip", "device_id"] {
+            if let Some(Value::String(s)) = object.get_mut(key) {
+                *s = masker.mask(s);
+            }
+        }
+    };
+    let masked = match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(mut object)) => {
+            if let Some(key) = crate::envelope::payload_key(&object) {
+                match object.get_mut(key) {
+                    Some(Value::String(message)) => {
+                        if let Ok(Value::Object(mut inner)) = serde_json::from_str::<Value>(message) {
+                            mask(&mut inner);
+                            *message = Value::Object(inner).to_string();
+                        }
+                    }
+                    Some(Value::Object(detail)) => mask(detail),
+                    _ => {}
                 }
             }
+            // The envelope's own keys too: nothing says a producer kept them out of it.
+            mask(&mut object);
             serde_json::to_string(&object).ok()
         }
         _ => None,
@@ -360,6 +398,20 @@ mod tests {
         assert!(!kept.contains("1.2.3.4") && !kept.contains("123-45-6789"));
         assert!(kept.contains(&m.mask("1.2.3.4")));
         assert_eq!(dead_letter_body("not json\0", &m), "not json\u{FFFD}");
+    }
+
+    #[test]
+    fn dead_letter_body_masks_pii_inside_envelopes() {
+        let m = Masker::new(b"");
+        let login = r#"{"ip": "1.2.3.4", "device_id": "123-45-6789"}"#;
+        let sns = serde_json::json!({"Type": "Notification", "TopicArn": "arn:t", "Message": login}).to_string();
+        let event = format!(r#"{{"detail-type": "login", "source": "app", "detail": {login}}}"#);
+        for body in [sns, event] {
+            let kept = dead_letter_body(&body, &m);
+            assert!(!kept.contains("1.2.3.4") && !kept.contains("123-45-6789"), "{kept}");
+            assert!(kept.contains(&m.mask("1.2.3.4")), "{kept}");
+            assert_eq!(crate::envelope::open(&kept, crate::envelope::Envelope::Auto).map(|o| o.is_some()), Ok(true));
+        }
     }
 
     #[test]

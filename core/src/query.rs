@@ -1,6 +1,6 @@
 //! The SQS Query protocol (form-encoded POST, XML answers), which endpoints older than SQS's JSON
 //! protocol speak: the forms the extension sends and the answers it reads.
-use crate::received::Received;
+use crate::received::{attributes_json, Attribute, Received};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use std::fmt;
@@ -10,8 +10,16 @@ const VERSION: &str = "2012-11-05";
 /// SQS answers nest a few levels deep; anything deeper is not an SQS answer.
 const MAX_DEPTH: usize = 16;
 
-/// The form of a ReceiveMessage request for up to `max` (1..=10) messages.
-pub fn receive_form(queue_url: &str, max: i32, wait_seconds: i32, visibility_timeout: Option<i32>) -> String {
+/// The form of a ReceiveMessage request for up to `max` (1..=10) messages. `fifo_attempt`:
+/// a FIFO queue's ReceiveRequestAttemptId, which also asks for the group and sequence number.
+pub fn receive_form(
+    queue_url: &str,
+    max: i32,
+    wait_seconds: i32,
+    visibility_timeout: Option<i32>,
+    fifo_attempt: Option<&str>,
+    message_attributes: bool,
+) -> String {
     let mut form = form("ReceiveMessage", queue_url);
     form.append_pair("MaxNumberOfMessages", &max.to_string());
     form.append_pair("WaitTimeSeconds", &wait_seconds.to_string());
@@ -21,6 +29,14 @@ pub fn receive_form(queue_url: &str, max: i32, wait_seconds: i32, visibility_tim
     // AttributeName.N, not MessageSystemAttributeName.N: the only form old endpoints know.
     form.append_pair("AttributeName.1", "SentTimestamp");
     form.append_pair("AttributeName.2", "ApproximateReceiveCount");
+    if let Some(attempt) = fifo_attempt {
+        form.append_pair("AttributeName.3", "MessageGroupId");
+        form.append_pair("AttributeName.4", "SequenceNumber");
+        form.append_pair("ReceiveRequestAttemptId", attempt);
+    }
+    if message_attributes {
+        form.append_pair("MessageAttributeName.1", "All");
+    }
     form.finish()
 }
 
@@ -60,19 +76,27 @@ pub fn receive_answer(xml: &str) -> Result<Vec<Received>, AnswerError> {
     Ok(root
         .descendants("Message")
         .filter_map(|m| {
-            let attribute = |name: &str| {
-                m.children("Attribute")
-                    .find(|a| a.child_text("Name") == Some(name))
-                    .and_then(|a| a.child_text("Value"))
-                    .and_then(|v| v.trim().parse().ok())
+            let text = |name: &str| {
+                m.children("Attribute").find(|a| a.child_text("Name") == Some(name)).and_then(|a| a.child_text("Value"))
             };
+            let attribute = |name: &str| text(name).and_then(|v| v.trim().parse().ok());
+            let attributes = attributes_json(m.children("MessageAttribute").filter_map(|a| {
+                let value = a.children("Value").next()?;
+                Some(Attribute {
+                    name: a.child_text("Name")?,
+                    data_type: value.child_text("DataType").unwrap_or("String"),
+                    value: value.child_text("StringValue").or_else(|| value.child_text("BinaryValue"))?,
+                })
+            }));
             Some(Received {
                 message_id: m.child_text("MessageId")?.to_owned(),
                 receipt_handle: m.child_text("ReceiptHandle")?.to_owned(),
                 body: m.child_text("Body").unwrap_or_default().to_owned(),
                 sent_millis: attribute("SentTimestamp"),
                 receive_count: attribute("ApproximateReceiveCount").and_then(|c: i64| i32::try_from(c).ok()),
-                attributes: None,
+                attributes,
+                group_id: text("MessageGroupId").map(str::to_owned),
+                sequence_number: text("SequenceNumber").map(|s| s.trim().to_owned()),
             })
         })
         .collect())
@@ -229,6 +253,10 @@ mod tests {
       <MessageId>m2</MessageId>
       <ReceiptHandle>h2</ReceiptHandle>
       <Body><![CDATA[not <xml> & raw]]></Body>
+      <Attribute><Name>MessageGroupId</Name><Value>g1</Value></Attribute>
+      <Attribute><Name>SequenceNumber</Name><Value>18851174588113920000</Value></Attribute>
+      <MessageAttribute><Name>price</Name><Value><StringValue>12.50</StringValue><DataType>Number</DataType></Value></MessageAttribute>
+      <MessageAttribute><Name>blob</Name><Value><BinaryValue>AAEC/w==</BinaryValue><DataType>Binary</DataType></Value></MessageAttribute>
     </Message>
     <Message><MessageId>no handle</MessageId></Message>
   </ReceiveMessageResult>
@@ -246,6 +274,14 @@ mod tests {
         assert_eq!(got[0].receive_count, Some(3));
         assert_eq!(got[1].body, "not <xml> & raw");
         assert_eq!((got[1].sent_millis, got[1].receive_count), (None, None));
+        assert_eq!((got[0].group_id.as_deref(), got[0].attributes.as_deref()), (None, None));
+        assert_eq!(got[1].group_id.as_deref(), Some("g1"));
+        assert_eq!(got[1].sequence_number.as_deref(), Some("18851174588113920000"));
+        let attributes: serde_json::Value = serde_json::from_str(got[1].attributes.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            attributes,
+            serde_json::json!({"price": {"Type": "Number", "Value": "12.50"}, "blob": {"Type": "Binary", "Value": "AAEC/w=="}})
+        );
     }
 
     #[test]
@@ -302,14 +338,18 @@ mod tests {
 
     #[test]
     fn forms_encode_every_parameter() {
-        let form = receive_form("http://h:1/000000000000/login-queue", 10, 20, Some(30));
+        let form = receive_form("http://h:1/000000000000/login-queue", 10, 20, Some(30), None, false);
         assert_eq!(
             form,
             "Action=ReceiveMessage&Version=2012-11-05&QueueUrl=http%3A%2F%2Fh%3A1%2F000000000000%2Flogin-queue\
              &MaxNumberOfMessages=10&WaitTimeSeconds=20&VisibilityTimeout=30\
              &AttributeName.1=SentTimestamp&AttributeName.2=ApproximateReceiveCount"
         );
-        assert!(!receive_form("q", 1, 0, None).contains("VisibilityTimeout"));
+        assert!(!receive_form("q", 1, 0, None, None, false).contains("VisibilityTimeout"));
+        assert!(receive_form("q.fifo", 1, 0, None, Some("a-1"), true).ends_with(
+            "&AttributeName.3=MessageGroupId&AttributeName.4=SequenceNumber\
+             &ReceiveRequestAttemptId=a-1&MessageAttributeName.1=All"
+        ));
         let form = delete_batch_form("q", &["a+b/c=".to_owned(), "d e".to_owned()]);
         assert_eq!(
             form,

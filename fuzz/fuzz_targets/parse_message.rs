@@ -1,12 +1,21 @@
-//! Any body SQS could deliver: parsing never panics, an accepted login fits every column and
-//! holds no NUL, a rejection never quotes the body, and the dead-letter body is masked.
+//! Any body SQS could deliver: opening its envelope and parsing never panic, an opened payload
+//! and envelope are JSON, an accepted login fits every column and holds no NUL, a rejection
+//! never quotes the body, and the dead-letter body is masked.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use sqs_ingest_core::envelope::{self, Envelope};
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::message::{self, AppVersion, AppVersionColumn, Columns};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = std::str::from_utf8(data) else { return };
+    for kind in [Envelope::Auto, Envelope::Sns, Envelope::EventBridge] {
+        if let Ok(Some(opened)) = envelope::open(body, kind) {
+            serde_json::from_str::<serde_json::Value>(&opened.payload).expect("an opened payload is JSON");
+            let outer = serde_json::from_str::<serde_json::Value>(&opened.envelope).expect("an envelope is JSON");
+            assert!(outer.is_object());
+        }
+    }
     let integer = Columns { app_version: AppVersionColumn::Integer, ..Columns::CREATED };
     for columns in [Columns::CREATED, integer] {
         match message::parse(body, &columns) {

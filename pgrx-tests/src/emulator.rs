@@ -30,9 +30,10 @@ pub struct Emulator {
 
 static SHARED: OnceLock<Emulator> = OnceLock::new();
 static SHARED_QUERY_ONLY: OnceLock<Emulator> = OnceLock::new();
+static SHARED_LOCALSTACK: OnceLock<Emulator> = OnceLock::new();
 
 extern "C" fn stop_shared() {
-    for e in [SHARED.get(), SHARED_QUERY_ONLY.get()].into_iter().flatten() {
+    for e in [SHARED.get(), SHARED_QUERY_ONLY.get(), SHARED_LOCALSTACK.get()].into_iter().flatten() {
         e.stop();
     }
 }
@@ -154,6 +155,18 @@ impl Emulator {
         shared_in(&SHARED_QUERY_ONLY, Emulator::query_only)
     }
 
+    /// One LocalStack for all tests of a test binary, killed when the binary exits: FIFO queues
+    /// as SQS keeps them (a group held while any of its messages is in flight, to concurrent
+    /// receives too; increasing sequence numbers), which moto's server does not.
+    pub fn shared_localstack() -> &'static Emulator {
+        shared_in(&SHARED_LOCALSTACK, || {
+            let venv =
+                std::env::var("SQS_INGEST_LOCALSTACK_VENV").expect("SQS_INGEST_LOCALSTACK_VENV (scripts/env.sh)");
+            let log = std::env::temp_dir().join(format!("sqs_ingest-it-localstack-{}.log", std::process::id()));
+            Emulator::localstack(Path::new(&venv), &log)
+        })
+    }
+
     pub fn stop(&self) {
         let mut p = self.process.lock().unwrap_or_else(|e| e.into_inner());
         let _ = p.kill();
@@ -164,6 +177,26 @@ impl Emulator {
     /// itself. On the harness's runtime: the client's pooled connections live there.
     pub fn run<F: std::future::Future>(&self, request: impl FnOnce(Client) -> F) -> F::Output {
         self.runtime.block_on(request(self.client().clone()))
+    }
+
+    /// A new, empty FIFO queue; `name` ends in `.fifo`.
+    pub fn fifo_queue(&self, name: &str) -> Queue<'_> {
+        let create = self.client().create_queue().queue_name(name).attributes(QueueAttributeName::FifoQueue, "true");
+        let url = self.runtime.block_on(create.send()).expect("create_queue").queue_url.expect("queue url");
+        Queue { emulator: self, url }
+    }
+
+    /// Runs the AWS CLI against this emulator (SNS and EventBridge, which the harness's SQS
+    /// client does not speak); its JSON answer.
+    pub fn aws(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(venv().join("bin/aws"))
+            .args(["--endpoint-url", &self.endpoint, "--region", "us-east-1", "--output", "json"])
+            .args(args)
+            .envs(AWS_ENV)
+            .output()
+            .expect("the AWS CLI (run scripts/setup.sh first)");
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
     /// A new, empty standard queue that takes bodies up to SQS's maximum, 1 MiB.
@@ -194,6 +227,30 @@ impl Queue<'_> {
     /// Sends `bodies`, in order, in SendMessageBatch requests within SQS's limits: ten entries, 1 MiB.
     pub fn send(&self, bodies: &[String]) {
         self.send_in_flight(bodies, 1);
+    }
+
+    /// Sends `(group, body)` pairs to a FIFO queue, in order, ten per request, each with a
+    /// deduplication id of its own.
+    pub fn send_grouped(&self, messages: &[(String, String)]) {
+        let e = self.emulator;
+        for (chunk, batch) in messages.chunks(10).enumerate() {
+            let entries = batch
+                .iter()
+                .enumerate()
+                .map(|(i, (group, body))| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{i}"))
+                        .message_body(body)
+                        .message_group_id(group)
+                        .message_deduplication_id(format!("d{}", chunk * 10 + i))
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let request = e.client().send_message_batch().queue_url(&self.url).set_entries(Some(entries));
+            let out = e.runtime.block_on(request.send()).expect("send_message_batch");
+            assert!(out.failed.is_empty(), "emulator refused messages: {:?}", out.failed);
+        }
     }
 
     /// Sends `bodies` as `send` does, with `in_flight` requests at once: fills a queue fast,

@@ -1,11 +1,13 @@
 //! A hand-written fault endpoint, for the faults no emulator stages on demand: an endpoint that
 //! hangs (accepts connections, never answers), one that is down (closes every connection at
-//! once), and DeleteMessageBatch answered with HTTP 500 or with every entry failed, in the JSON
-//! and the Query protocol alike. Everything else is relayed unchanged to the emulator behind it.
-//! One request per connection (moto closes each too).
+//! once), DeleteMessageBatch answered with HTTP 500 or with every entry failed, and
+//! ReceiveMessage answers lost on the way back (the emulator received, the client never hears),
+//! in the JSON and the Query protocol alike. It keeps the ReceiveMessage requests it saw, for
+//! tests of what is sent. Everything else is relayed unchanged to the emulator behind it. One
+//! request per connection (moto closes each too).
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What happens to a new connection.
@@ -39,6 +41,8 @@ struct State {
     deletes: AtomicU8,
     accepted: AtomicUsize,
     refused: AtomicUsize,
+    lose_receives: AtomicBool,
+    receives: Mutex<Vec<String>>,
     held: Mutex<Vec<TcpStream>>,
 }
 
@@ -83,6 +87,17 @@ impl FaultEndpoint {
 
     pub fn deletes(&self, mode: Deletes) {
         self.state.deletes.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Whether ReceiveMessage answers are lost: the emulator gets the request and answers, and
+    /// the connection is closed before any of the answer reaches the client.
+    pub fn lose_receives(&self, lose: bool) {
+        self.state.lose_receives.store(lose, Ordering::SeqCst);
+    }
+
+    /// The bodies of the ReceiveMessage requests relayed so far, in order.
+    pub fn receive_requests(&self) -> Vec<String> {
+        self.state.receives.lock().unwrap().clone()
     }
 
     /// How many connections were accepted so far.
@@ -130,6 +145,10 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
     let body_text = String::from_utf8_lossy(&body);
+    let receive = head.contains("AmazonSQS.ReceiveMessage") || body_text.contains("Action=ReceiveMessage");
+    if receive {
+        state.receives.lock().unwrap().push(body_text.clone().into_owned());
+    }
     let json = head.contains("AmazonSQS.DeleteMessageBatch");
     let query = body_text.contains("Action=DeleteMessageBatch");
     let deletes = state.deletes.load(Ordering::SeqCst);
@@ -193,6 +212,11 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
     let mut server = TcpStream::connect(("127.0.0.1", upstream))?;
     server.write_all(head.as_bytes())?;
     server.write_all(&body)?;
+    if receive && state.lose_receives.load(Ordering::SeqCst) {
+        // The emulator has taken the messages; its answer goes nowhere.
+        std::io::copy(&mut server, &mut std::io::sink())?;
+        return client.shutdown(std::net::Shutdown::Both);
+    }
     std::io::copy(&mut server, &mut client)?;
     Ok(())
 }

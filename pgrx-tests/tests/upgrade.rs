@@ -88,6 +88,11 @@ fn update_from_0_2_0_keeps_everything_and_equals_a_fresh_install() {
     update_from("0.2.0");
 }
 
+#[test]
+fn update_from_0_3_0_keeps_everything_and_equals_a_fresh_install() {
+    update_from("0.3.0");
+}
+
 fn update_from(release: &str) {
     // CREATE EXTENSION creates cluster-wide roles when missing: one at a time.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -139,6 +144,17 @@ fn update_from(release: &str) {
         .map(|r| r.get(0))
         .collect()
     };
+    // A source of the user's own, from the release that brought sources on.
+    let sources = !matches!(release, "0.1.0" | "0.2.0");
+    let orders = Emulator::shared().queue(&format!("upgrade_orders_{tag}"));
+    if sources {
+        db.batch_execute("CREATE TABLE upgrade_orders (id text)").unwrap();
+        db.execute(
+            "SELECT sqs_ingest.create_source('orders', $1, 'upgrade_orders', '{\"id\": \"body->>''id''\"}')",
+            &[&orders.url],
+        )
+        .unwrap();
+    }
     let before = state(&mut db);
     assert_eq!(before, [10, 11, 1, 20, 1]);
     let granted = grants(&mut db);
@@ -164,6 +180,14 @@ fn update_from(release: &str) {
     assert_eq!(fetch(&mut db, 100), 2);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE constraint_name = 'no_windows'"), 1);
 
+    if sources {
+        // Kept, with the envelope every source had before, and ingesting.
+        assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.sources WHERE envelope = 'auto'"), 2);
+        orders.send(&[r#"{"id": "o-1"}"#.to_owned()]);
+        let rows: i32 = db.query_one("SELECT sqs_ingest.fetch_source('orders', 10)", &[]).unwrap().get(0);
+        assert_eq!(rows, 1);
+        db.batch_execute("SELECT sqs_ingest.drop_source('orders'); DROP TABLE upgrade_orders").unwrap();
+    }
     cluster().connect(&fresh_db).batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     db.batch_execute("ALTER TABLE user_logins DROP CONSTRAINT no_windows").unwrap();
     let (upgraded, fresh) = (schema(&upgraded_db), schema(&fresh_db));

@@ -1,18 +1,19 @@
 //! Writes one batch of a mapped source: ledger entries first, as the caller; then the rows,
-//! through the source's INSERT as its owner; bodies that are not JSON objects and rows the
-//! table or an expression refuses as dead letters that name the source.
+//! through the source's INSERT as its owner, each body out of its envelope; bodies that are not
+//! JSON objects and rows the table or an expression refuses as dead letters that name the source.
 use super::store::{insert_or_isolate, returning, sent_at, update, DeadLetters, Stored};
 use crate::source::mapping::Mapping;
 use crate::sqs::Received;
 use pgrx::datum::DatumWithOid;
+use sqs_ingest_core::envelope::{self, Envelope, Opened};
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::message;
 use std::collections::HashSet;
 
 /// Stores a batch received from `source`. Bodies are kept as they came in its dead letters:
 /// only the login source knows which fields are personal, and a retry must see the original.
-pub fn store(mapping: &Mapping, source: &str, batch: &[Received]) -> Stored {
-    let (stored, dead, duplicates) = write(mapping, source, batch);
+pub fn store(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope) -> Stored {
+    let (stored, dead, duplicates) = write(mapping, source, batch, envelope);
     let dead_letters = dead.insert(true, false);
     Stored { rows: stored, dead_letters, duplicates }
 }
@@ -20,8 +21,8 @@ pub fn store(mapping: &Mapping, source: &str, batch: &[Received]) -> Stored {
 /// Stores the kept bodies of dead letters again (retry_dead_letters), their ledger entries
 /// removed first: the rows inserted, and the ids of the messages that are dead letters again,
 /// whose dead letters get their new reason and error, and their ledger entries back.
-pub fn restore(mapping: &Mapping, source: &str, batch: &[Received]) -> (i32, Vec<String>) {
-    let (stored, dead, _) = write(mapping, source, batch);
+pub fn restore(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope) -> (i32, Vec<String>) {
+    let (stored, dead, _) = write(mapping, source, batch, envelope);
     let again = dead.message_ids().to_vec();
     dead.update(true);
     (stored, again)
@@ -29,7 +30,7 @@ pub fn restore(mapping: &Mapping, source: &str, batch: &[Received]) -> (i32, Vec
 
 /// Enters the batch in the ledger and inserts the rows of those new to it: the rows inserted,
 /// the dead letters to write, and how many were ingested before.
-fn write(mapping: &Mapping, source: &str, batch: &[Received]) -> (i32, DeadLetters, i32) {
+fn write(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope) -> (i32, DeadLetters, i32) {
     let mut seen = HashSet::with_capacity(batch.len());
     let batch: Vec<&Received> = batch.iter().filter(|m| seen.insert(m.message_id.as_str())).collect();
     let fresh = enter_ledger(&batch);
@@ -37,12 +38,16 @@ fn write(mapping: &Mapping, source: &str, batch: &[Received]) -> (i32, DeadLette
     let mut dead = DeadLetters::new(&mapping.table, &mapping.relation, Some(source));
     let as_is = Masker::AlreadyMasked;
     for m in batch.iter().copied().filter(|m| fresh.contains(m.message_id.as_str())) {
-        match message::object(&m.body) {
-            Ok(()) => rows.push(m),
+        let opened = envelope::open(&m.body, envelope).and_then(|opened| {
+            message::object(opened.as_ref().map_or(m.body.as_str(), |o| o.payload.as_str()))?;
+            Ok(opened)
+        });
+        match opened {
+            Ok(opened) => rows.push(Row { message: m, opened }),
             Err(reason) => dead.push(m, reason.to_string(), None, &as_is),
         }
     }
-    let inserted = insert_or_isolate(&rows, |m| m, |rows| insert(mapping, rows), &mut dead, &as_is);
+    let inserted = insert_or_isolate(&rows, |r| r.message, |rows| insert(mapping, rows), &mut dead, &as_is);
     (inserted, dead, (batch.len() - fresh.len()) as i32)
 }
 
@@ -58,14 +63,24 @@ fn enter_ledger(batch: &[&Received]) -> HashSet<String> {
     .collect()
 }
 
-/// Inserts the rows of `messages` through the source's INSERT, as its owner.
-fn insert(mapping: &Mapping, messages: &[&Received]) -> i32 {
-    let args: [DatumWithOid; 5] = [
-        messages.iter().map(|m| m.message_id.clone()).collect::<Vec<_>>().into(),
-        messages.iter().map(|m| m.body.clone()).collect::<Vec<_>>().into(),
-        messages.iter().map(|m| sent_at(m)).collect::<Vec<_>>().into(),
-        messages.iter().map(|m| m.receive_count).collect::<Vec<_>>().into(),
-        messages.iter().map(|m| m.attributes.clone()).collect::<Vec<_>>().into(),
+/// A message to insert, out of its envelope when it had one.
+struct Row<'a> {
+    message: &'a Received,
+    opened: Option<Opened>,
+}
+
+/// Inserts `rows` through the source's INSERT, as its owner.
+fn insert(mapping: &Mapping, rows: &[Row]) -> i32 {
+    let column = |f: fn(&Row) -> Option<String>| -> DatumWithOid { rows.iter().map(f).collect::<Vec<_>>().into() };
+    let args: [DatumWithOid; 8] = [
+        rows.iter().map(|r| r.message.message_id.clone()).collect::<Vec<_>>().into(),
+        column(|r| Some(r.opened.as_ref().map_or_else(|| r.message.body.clone(), |o| o.payload.clone()))),
+        rows.iter().map(|r| sent_at(r.message)).collect::<Vec<_>>().into(),
+        rows.iter().map(|r| r.message.receive_count).collect::<Vec<_>>().into(),
+        column(|r| r.message.attributes.clone()),
+        column(|r| r.opened.as_ref().map(|o| o.envelope.clone())),
+        column(|r| r.message.group_id.clone()),
+        column(|r| r.message.sequence_number.clone()),
     ];
     mapping.as_owner(|| update(&mapping.insert, &args))
 }

@@ -21,10 +21,16 @@ use crate::sqs::Received;
 use crate::{unkeyed, xact};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
+use sqs_ingest_core::envelope::Envelope;
 use std::fmt;
 
-/// Where a source's rows go, and how they are made.
-pub enum Sink {
+/// Where a source's rows go, how they are made, and how its bodies are opened.
+pub struct Sink {
+    envelope: Envelope,
+    rows: Rows,
+}
+
+enum Rows {
     /// The login source: validated, masked and encoded in Rust (store.rs).
     Login(Target),
     /// Any other source: its mapping's INSERT (mapped.rs).
@@ -34,10 +40,30 @@ pub enum Sink {
 impl Sink {
     /// The sink of `source`, on its table as it is now.
     pub fn resolve(source: &Source) -> Result<Sink, IngestError> {
-        if source.is_login() {
-            Target::resolve().map(Sink::Login)
+        let rows = if source.is_login() {
+            Rows::Login(Target::resolve()?)
         } else {
-            Mapping::resolve(source).map(Sink::Mapped).map_err(IngestError::Source)
+            Rows::Mapped(Mapping::resolve(source).map_err(IngestError::Source)?)
+        };
+        Ok(Sink { envelope: source.envelope, rows })
+    }
+
+    /// Stores a batch received from `source` in the current transaction.
+    fn store(&self, source: &str, settings: &FetchSettings, received: &[Received]) -> Stored {
+        match &self.rows {
+            Rows::Login(target) => {
+                store::store(target, received, self.envelope, &settings.masker, settings.sealer.as_ref())
+            }
+            Rows::Mapped(mapping) => mapped::store(mapping, source, received, self.envelope),
+        }
+    }
+
+    /// Stores kept dead letters of `source` again (retry_dead_letters): the rows inserted and
+    /// the ids of the messages that are dead letters again.
+    fn restore(&self, source: &str, batch: &[Received]) -> (i32, Vec<String>) {
+        match &self.rows {
+            Rows::Login(target) => store::restore(target, batch, self.envelope),
+            Rows::Mapped(mapping) => mapped::restore(mapping, source, batch, self.envelope),
         }
     }
 }
@@ -46,10 +72,7 @@ impl Sink {
 /// deletion from SQS for after COMMIT: the one path of fetch_source and the workers alike.
 pub fn ingest(source: &str, sink: &Sink, settings: &FetchSettings, received: Vec<Received>) -> Stored {
     unkeyed::warn_once();
-    let stored = match sink {
-        Sink::Login(target) => store::store(target, &received, &settings.masker, settings.sealer.as_ref()),
-        Sink::Mapped(mapping) => mapped::store(mapping, source, &received),
-    };
+    let stored = sink.store(source, settings, &received);
     let counts = Counts {
         rows: stored.rows as i64,
         dead_letters: stored.dead_letters as i64,
@@ -62,7 +85,7 @@ pub fn ingest(source: &str, sink: &Sink, settings: &FetchSettings, received: Vec
         ..Counts::ZERO
     };
     let handles = received.into_iter().map(|m| m.receipt_handle).collect();
-    xact::delete_after_commit(source, &settings.queue, handles, counts);
+    xact::delete_after_commit(source, &settings.queue, settings.in_flight, handles, counts);
     stored
 }
 

@@ -1,7 +1,7 @@
 //! retry_dead_letters: once their cause is fixed (a constraint relaxed, a partition added, a
 //! mapping corrected), stores the kept bodies of dead letters again, each through its source,
 //! in the caller's transaction.
-use super::{mapped, store, IngestError, Sink};
+use super::{IngestError, Sink};
 use crate::source::{Source, LOGIN};
 use crate::sqs::Received;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -37,7 +37,8 @@ fn retry_dead_letters(ids: default!(Option<Vec<i64>>, "NULL")) -> Result<i32, Er
                         sent_millis: r.get(3)?,
                         receive_count: r.get(4)?,
                         body: r.get(5)?.unwrap_or_default(),
-                        attributes: None,
+                        // Not kept with a dead letter: an expression reading them gets NULL.
+                        ..Received::default()
                     },
                 ))
             })
@@ -60,10 +61,7 @@ fn retry_dead_letters(ids: default!(Option<Vec<i64>>, "NULL")) -> Result<i32, Er
             &[message_ids.into()],
         )
         .map_err(IngestError::spi("clearing the ledger entries"))?;
-        let (rows, again) = match &sink {
-            Sink::Login(target) => store::restore(target, &batch),
-            Sink::Mapped(mapping) => mapped::restore(mapping, &name, &batch),
-        };
+        let (rows, again) = sink.restore(&name, &batch);
         stored += rows;
         Spi::run_with_args(
             "DELETE FROM sqs_ingest.dead_letters WHERE id = ANY($1) AND message_id <> ALL($2)",

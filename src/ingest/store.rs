@@ -11,6 +11,7 @@ use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgOid;
+use sqs_ingest_core::envelope::{self, Envelope};
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::message::{self, AppVersion, AppVersionColumn};
 use sqs_ingest_core::refusal;
@@ -21,8 +22,14 @@ use std::collections::{HashMap, HashSet};
 /// Inserts the batch's valid messages as rows and the others as dead letters, each with its
 /// ledger entry; ids already in the ledger are skipped. Rows are validated against the columns
 /// first; what the table itself refuses is found row by row (see [`insert_or_isolate`]).
-pub fn store(target: &Target, batch: &[Received], masker: &Masker, sealer: Option<&Sealer>) -> Stored {
-    let (rows, mut dead) = parse(target, batch, masker, sealer);
+pub fn store(
+    target: &Target,
+    batch: &[Received],
+    envelope: Envelope,
+    masker: &Masker,
+    sealer: Option<&Sealer>,
+) -> Stored {
+    let (rows, mut dead) = parse(target, batch, envelope, masker, sealer);
     let stored = insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, masker);
     let dead_letters = dead.insert(target.dead_letter_errors, true);
     Stored { rows: stored, dead_letters, duplicates: batch.len() as i32 - stored - dead_letters }
@@ -32,8 +39,8 @@ pub fn store(target: &Target, batch: &[Received], masker: &Masker, sealer: Optio
 /// were masked when they were kept; their ledger entries were removed first. Returns the rows
 /// inserted and the ids of the messages that are dead letters again, whose dead letters get
 /// their new reason and error, and their ledger entries back.
-pub fn restore(target: &Target, batch: &[Received]) -> (i32, Vec<String>) {
-    let (rows, mut dead) = parse(target, batch, &Masker::AlreadyMasked, None);
+pub fn restore(target: &Target, batch: &[Received], envelope: Envelope) -> (i32, Vec<String>) {
+    let (rows, mut dead) = parse(target, batch, envelope, &Masker::AlreadyMasked, None);
     let stored =
         insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, &Masker::AlreadyMasked);
     let again = dead.message_id.clone();
@@ -42,10 +49,11 @@ pub fn restore(target: &Target, batch: &[Received]) -> (i32, Vec<String>) {
 }
 
 /// The batch's valid messages as rows, the others as dead letters; a message id given twice
-/// is taken once.
+/// is taken once. A body in an envelope (SNS, EventBridge) is the login its envelope holds.
 fn parse<'a>(
     target: &Target,
     batch: &'a [Received],
+    envelope: Envelope,
     masker: &Masker,
     sealer: Option<&Sealer>,
 ) -> (Vec<Row<'a>>, DeadLetters) {
@@ -53,8 +61,12 @@ fn parse<'a>(
     let mut dead = DeadLetters::new(&target.table, TABLE, None);
     let mut seen = HashSet::with_capacity(batch.len());
     for m in batch.iter().filter(|m| seen.insert(m.message_id.as_str())) {
-        match message::parse(&m.body, &target.columns) {
-            Ok(login) => rows.push(Row::new(m, login, masker, sealer)),
+        let row = envelope::open(&m.body, envelope).and_then(|opened| {
+            let payload = opened.as_ref().map_or(m.body.as_str(), |o| o.payload.as_str());
+            message::parse(payload, &target.columns).map(|login| Row::new(m, login, masker, sealer))
+        });
+        match row {
+            Ok(row) => rows.push(row),
             Err(reason) => dead.push(m, reason.to_string(), None, masker),
         }
     }
@@ -168,14 +180,14 @@ struct Row<'a> {
     masked_ip: String,
     masked_device_id: String,
     locale: Option<String>,
-    app_version: AppVersion<'a>,
+    app_version: AppVersion<'static>,
     sent_at: Option<TimestampWithTimeZone>,
     /// The originals, sealed, when recovery is on (sqs_ingest.recovery_key).
     sealed: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl<'a> Row<'a> {
-    fn new(m: &'a Received, login: message::Login<'a>, masker: &Masker, sealer: Option<&Sealer>) -> Row<'a> {
+    fn new(m: &'a Received, login: message::Login<'_>, masker: &Masker, sealer: Option<&Sealer>) -> Row<'a> {
         let masked_ip = masker.mask(&login.ip);
         let masked_device_id = masker.mask(&login.device_id);
         let sealed = sealer.map(|s| (s.seal(&masked_ip, &login.ip), s.seal(&masked_device_id, &login.device_id)));
@@ -186,7 +198,7 @@ impl<'a> Row<'a> {
             masked_ip,
             masked_device_id,
             locale: login.locale.map(|l| l.into_owned()),
-            app_version: login.app_version,
+            app_version: login.app_version.into_owned(),
             sent_at: sent_at(m),
             sealed,
         }

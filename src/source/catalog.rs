@@ -160,6 +160,7 @@ mod sqs_ingest {
             owner: role::current(),
             overrides: settings::Overrides { queue_url: Some(queue_url), ..Default::default() },
             workers: None,
+            envelope: Default::default(),
         };
         match Source::load(&name) {
             Ok(_) => return Err(SourceError::Exists(name).into()),

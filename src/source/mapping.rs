@@ -11,9 +11,12 @@ use std::ffi::CString;
 
 /// What an expression sees: one message of the batch, the arguments of the INSERT.
 const MESSAGES: &str = "(SELECT u.message_id, u.body::jsonb AS body, u.sent_at, u.receive_count,
-                                u.attributes::jsonb AS attributes
-                         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int4[], $5::text[])
-                             AS u(message_id, body, sent_at, receive_count, attributes)) AS m";
+                                u.attributes::jsonb AS attributes, u.envelope::jsonb AS envelope,
+                                u.group_id, u.sequence_number::numeric AS sequence_number
+                         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int4[], $5::text[],
+                                     $6::text[], $7::text[], $8::text[])
+                             AS u(message_id, body, sent_at, receive_count, attributes, envelope,
+                                  group_id, sequence_number)) AS m";
 
 /// A source's table and the statement that fills it.
 #[derive(Debug, Clone)]
@@ -24,7 +27,7 @@ pub struct Mapping {
     pub relation: String,
     pub owner: pg_sys::Oid,
     /// The INSERT ... SELECT over the batch's messages ($1 ids, $2 bodies, $3 sent_at,
-    /// $4 receive counts, $5 attributes).
+    /// $4 receive counts, $5 attributes, $6 envelopes, $7 group ids, $8 sequence numbers).
     pub insert: String,
     /// Evaluated with this search_path: the extension's schema (mask_pii), public, pg_temp last.
     search_path: CString,
@@ -123,11 +126,14 @@ impl Mapping {
     pub fn check(&self) -> Result<(), SourceError> {
         let explain = format!("EXPLAIN (COSTS OFF) {}", self.insert);
         let empty: Vec<Option<String>> = Vec::new();
-        let args: [DatumWithOid; 5] = [
+        let args: [DatumWithOid; 8] = [
             empty.clone().into(),
             empty.clone().into(),
             Vec::<Option<pgrx::datum::TimestampWithTimeZone>>::new().into(),
             Vec::<Option<i32>>::new().into(),
+            empty.clone().into(),
+            empty.clone().into(),
+            empty.clone().into(),
             empty.into(),
         ];
         let checked = subtransaction(|| {

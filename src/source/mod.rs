@@ -16,6 +16,7 @@ use crate::sqs::Protocol;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+use sqs_ingest_core::envelope::Envelope;
 use std::fmt;
 
 /// The built-in source: the take-home's login pipeline, mapped in Rust (ingest/store.rs).
@@ -35,6 +36,8 @@ pub struct Source {
     pub overrides: Overrides,
     /// Workers serving it at once; None: 1, and every worker for the login source.
     pub workers: Option<i32>,
+    /// How its bodies are opened (SNS, EventBridge).
+    pub envelope: Envelope,
 }
 
 impl Source {
@@ -74,6 +77,7 @@ impl Source {
                     owner: crate::role::current(),
                     overrides: Overrides::default(),
                     workers: None,
+                    envelope: Envelope::Auto,
                 }],
             });
         }
@@ -84,8 +88,10 @@ impl Source {
                             ARRAY(SELECT key FROM jsonb_each_text(columns) ORDER BY key),
                             ARRAY(SELECT value FROM jsonb_each_text(columns) ORDER BY key),
                             enabled, owner::oid, wait_seconds, visibility_timeout,
-                            requests_in_flight, workers, protocol
-                     FROM sqs_ingest.sources WHERE $1::text IS NULL OR name = $1 ORDER BY name",
+                            requests_in_flight, workers, protocol,
+                            -- envelope from 0.4.0 on; a database not yet updated has none
+                            to_jsonb(s) ->> 'envelope'
+                     FROM sqs_ingest.sources s WHERE $1::text IS NULL OR name = $1 ORDER BY name",
                     None,
                     &[name.into()],
                 )?
@@ -93,6 +99,9 @@ impl Source {
                     let mapped: bool = r.get(4)?.unwrap_or(false);
                     let keys: Vec<String> = r.get(5)?.unwrap_or_default();
                     let values: Vec<String> = r.get(6)?.unwrap_or_default();
+                    // Attributes are asked for only when an expression may read them; a
+                    // mention anywhere (even in a string) only costs a larger answer.
+                    let message_attributes = values.iter().any(|e| e.to_ascii_lowercase().contains("attributes"));
                     Ok(Source {
                         name: r.get(1)?.unwrap_or_default(),
                         target: r.get(3)?,
@@ -105,8 +114,10 @@ impl Source {
                             visibility_timeout: r.get(10)?,
                             requests_in_flight: r.get(11)?,
                             protocol: r.get::<String>(13)?.as_deref().and_then(Protocol::from_name),
+                            message_attributes,
                         },
                         workers: r.get(12)?,
+                        envelope: r.get::<String>(14)?.as_deref().and_then(Envelope::from_name).unwrap_or_default(),
                     })
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()

@@ -10,6 +10,7 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
 use sqs_ingest_core::query::error_answer;
+use sqs_ingest_core::received::{attributes_json, Attribute};
 use sqs_ingest_core::redact::redact;
 use std::time::Duration;
 
@@ -25,33 +26,63 @@ pub async fn client(config: &ClientConfig, credentials: SharedCredentialsProvide
     Client::new(&loader.load().await)
 }
 
-/// One ReceiveMessage of up to `max` (1..=10) messages.
-pub async fn receive(client: &Client, queue: &Queue, max: i32, wait_seconds: i32) -> Result<Vec<Received>, SqsError> {
-    let output = client
+/// One ReceiveMessage of up to `max` (1..=10) messages; `attempt`: a FIFO queue's
+/// ReceiveRequestAttemptId, which also asks for the group and sequence number. The SDK's own
+/// retries send the same request, and so the same attempt id.
+pub async fn receive(
+    client: &Client,
+    queue: &Queue,
+    max: i32,
+    wait_seconds: i32,
+    attempt: Option<&str>,
+) -> Result<Vec<Received>, SqsError> {
+    let mut request = client
         .receive_message()
         .queue_url(&queue.url)
         .max_number_of_messages(max)
         .wait_time_seconds(wait_seconds)
         .set_visibility_timeout(queue.visibility_timeout)
         .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-        .send()
-        .await
-        .map_err(|e| request_error(&queue.config, e))?;
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+    if let Some(attempt) = attempt {
+        request = request
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::SequenceNumber)
+            .receive_request_attempt_id(attempt);
+    }
+    if queue.message_attributes {
+        request = request.message_attribute_names("All");
+    }
+    let output = request.send().await.map_err(|e| request_error(&queue.config, e))?;
     Ok(output
         .messages
         .unwrap_or_default()
         .into_iter()
         .filter_map(|m| {
-            let attribute = |name| m.attributes.as_ref().and_then(|a| a.get(&name)).and_then(|v| v.parse().ok());
+            let text = |name| m.attributes.as_ref().and_then(|a| a.get(&name));
+            let attribute = |name| text(name).and_then(|v| v.parse().ok());
+            let values: Vec<(&str, &str, String)> = (m.message_attributes.iter().flatten())
+                .filter_map(|(name, v)| {
+                    let value = match (v.string_value(), v.binary_value()) {
+                        (Some(s), _) => s.to_owned(),
+                        (None, Some(b)) => aws_smithy_types::base64::encode(b.as_ref()),
+                        (None, None) => return None,
+                    };
+                    Some((name.as_str(), v.data_type(), value))
+                })
+                .collect();
+            let attributes =
+                attributes_json(values.iter().map(|(name, data_type, value)| Attribute { name, data_type, value }));
             Some(Received {
                 sent_millis: attribute(MessageSystemAttributeName::SentTimestamp),
                 receive_count: attribute(MessageSystemAttributeName::ApproximateReceiveCount)
                     .and_then(|c: i64| i32::try_from(c).ok()),
+                group_id: text(MessageSystemAttributeName::MessageGroupId).cloned(),
+                sequence_number: text(MessageSystemAttributeName::SequenceNumber).cloned(),
+                attributes,
                 message_id: m.message_id?,
                 receipt_handle: m.receipt_handle?,
                 body: m.body.unwrap_or_default(),
-                attributes: None,
             })
         })
         .collect())

@@ -1,6 +1,7 @@
 //! The backend's SQS client: a queue value whose requests go out in the protocol its endpoint
 //! speaks (JSON through the SDK, or the older Query protocol), on one leaked current-thread
 //! runtime, driven in short slices so that Postgres interrupts are honoured while waiting.
+mod attempt;
 mod error;
 mod json;
 mod query;
@@ -76,9 +77,16 @@ pub struct Queue {
     pub url: String,
     /// The visibility timeout asked for received messages; None: the queue's own.
     pub visibility_timeout: Option<i32>,
+    /// Whether receives ask for the messages' attributes (a source's expressions use them).
+    pub message_attributes: bool,
 }
 
 impl Queue {
+    /// A FIFO queue, as SQS names them.
+    pub fn is_fifo(&self) -> bool {
+        self.url.ends_with(".fifo")
+    }
+
     /// Receives up to `max` messages, `in_flight` requests of ten at once, calling `between`
     /// every slice while it waits (see [`run`]). `None`: stopped by `between`.
     pub fn receive_blocking(
@@ -98,7 +106,8 @@ impl Queue {
 
     /// ReceiveMessage requests for `max` messages in all, ten per request and at most
     /// `in_flight` of them at once: what they bring together. One failure fails them all; what
-    /// the others received then comes back after its visibility timeout.
+    /// the others received then comes back after its visibility timeout, or, from a FIFO queue,
+    /// with the next receive, which sends their attempt ids again (attempt.rs).
     async fn receive_many(&self, max: usize, in_flight: usize, wait_seconds: i32) -> Result<Receipt, SqsError> {
         let connection = connection(&self.config).await?;
         let requests = max.div_ceil(BATCH).clamp(1, in_flight.max(1));
@@ -106,15 +115,28 @@ impl Queue {
         let limit = self.config.request_timeout + Duration::from_secs(wait_seconds as u64);
         let batches = futures_util::future::try_join_all(sizes.map(|n| {
             let connection = &connection;
-            self.request(connection, limit, move |query| async move {
-                if query {
-                    connection.query().receive(self, n, wait_seconds).await
-                } else {
-                    json::receive(&connection.json, self, n, wait_seconds).await
+            let attempt = self.is_fifo().then(|| attempt::Attempt::next(&self.url));
+            async move {
+                let id = attempt.as_ref().map(|a| a.id.as_str());
+                let received = self
+                    .request(connection, limit, move |query| async move {
+                        if query {
+                            connection.query().receive(self, n, wait_seconds, id).await
+                        } else {
+                            json::receive(&connection.json, self, n, wait_seconds, id).await
+                        }
+                    })
+                    .await?;
+                if let Some(attempt) = attempt {
+                    attempt.answered();
                 }
-            })
+                Ok::<_, SqsError>(received)
+            }
         }))
         .await?;
+        // A group's messages come in order within one answer, and never in two answers at once
+        // (SQS holds a group while any of its messages is in flight): concatenated, each group
+        // stays in SequenceNumber order.
         Ok(Receipt {
             requests: batches.len(),
             empty: batches.iter().filter(|b| b.is_empty()).count(),

@@ -57,9 +57,24 @@ impl Client {
         }
     }
 
-    /// One ReceiveMessage of up to `max` (1..=10) messages.
-    pub async fn receive(&self, queue: &Queue, max: i32, wait_seconds: i32) -> Result<Vec<Received>, SqsError> {
-        let xml = self.post(query::receive_form(&queue.url, max, wait_seconds, queue.visibility_timeout)).await?;
+    /// One ReceiveMessage of up to `max` (1..=10) messages; `attempt`: a FIFO queue's
+    /// ReceiveRequestAttemptId.
+    pub async fn receive(
+        &self,
+        queue: &Queue,
+        max: i32,
+        wait_seconds: i32,
+        attempt: Option<&str>,
+    ) -> Result<Vec<Received>, SqsError> {
+        let form = query::receive_form(
+            &queue.url,
+            max,
+            wait_seconds,
+            queue.visibility_timeout,
+            attempt,
+            queue.message_attributes,
+        );
+        let xml = self.post(form).await?;
         query::receive_answer(&xml).map_err(|e| self.unreadable(e))
     }
 
