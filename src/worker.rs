@@ -21,6 +21,14 @@ use std::time::{Duration, Instant};
 /// of the catalog, wake it sooner).
 const IDLE_RECHECK: Duration = Duration::from_secs(10);
 
+/// A backlog is stored this many messages, or this long, per transaction: rounds follow one
+/// another into one transaction, so that its fixed cost (commit, catalog, ledger pruning) is
+/// shared as a fetch_login_queue(1000) shares it, while rows still become visible every second.
+const BACKLOG_MESSAGES: usize = 1000;
+const BACKLOG_TIME: Duration = Duration::from_secs(1);
+/// The wait of a backlog round's polls, in seconds.
+const BACKLOG_WAIT: i32 = 1;
+
 /// Registers the pool; called from _PG_init while shared_preload_libraries load.
 pub fn register() {
     let restart = Duration::from_secs(WORKER_RESTART_INTERVAL.get() as u64);
@@ -247,9 +255,12 @@ fn round(index: usize, source: &Source, sink: &Sink, mine: &[Source], backlog: b
         s.last_poll = Some(status::now());
     });
     // An idle queue costs one long poll per wait. A full round means a backlog: the next
-    // round sends requests_in_flight short polls at once, all into one transaction.
+    // round sends requests_in_flight polls at once, all into one transaction. They wait up to
+    // a second, not 0: a short poll asks only some of SQS's servers and may come back with
+    // fewer than ten, or none, while more are queued; a poll that waits asks them all and still
+    // answers as soon as it has messages (README, "Performance").
     let (max, in_flight, wait_seconds) = if backlog {
-        (sqs::BATCH * settings.in_flight, settings.in_flight, 0)
+        (sqs::BATCH * settings.in_flight, settings.in_flight, BACKLOG_WAIT)
     } else {
         (sqs::BATCH, 1, (settings.worker_wait / sharing.max(1) as i32).max(1))
     };
@@ -279,12 +290,36 @@ fn round(index: usize, source: &Source, sink: &Sink, mine: &[Source], backlog: b
         return Round::Done { full: false };
     }
     status::update(index, |s| s.state = State::Ingesting);
+    let started = Instant::now();
     let stored = in_transaction(AssertUnwindSafe(|| {
         ingest::prune_ledger(settings.ledger_retention_seconds);
-        ingest::ingest(name, sink, &settings, receipt.messages)
+        let mut taken = receipt.messages.len();
+        let mut stored = ingest::ingest(name, sink, &settings, receipt.messages);
+        let mut full = full;
+        // A backlog round that brought all it asked for: more of the backlog, into this
+        // transaction. A receive that fails or is interrupted ends it; what is stored commits,
+        // and the next round meets the failure again.
+        while backlog && full && taken < BACKLOG_MESSAGES && started.elapsed() < BACKLOG_TIME {
+            let between = || {
+                wait(Duration::ZERO);
+                !shutdown_requested()
+            };
+            // Short polls here: an open transaction never waits for an empty queue.
+            let Some(Ok(more)) = settings.queue.receive_blocking(max, in_flight, 0, between) else {
+                full = false;
+                break;
+            };
+            stats::received(name, &more);
+            full = more.messages.len() == max;
+            taken += more.messages.len();
+            if !more.messages.is_empty() {
+                stored += ingest::ingest(name, sink, &settings, more.messages);
+            }
+        }
+        (stored, full)
     }));
     match stored {
-        Ok(stored) => {
+        Ok((stored, full)) => {
             succeeded(index, name, Some(stored));
             Round::Done { full }
         }

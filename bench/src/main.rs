@@ -6,6 +6,7 @@ mod latency;
 mod masking;
 mod memory;
 mod refusal;
+mod requests;
 mod scaling;
 mod sqs;
 mod stats;
@@ -128,8 +129,16 @@ fn main() {
     let bench = Bench { args: &args, queue, cluster, emulator: &emulator };
     println!("{}", machine());
 
-    let sections: [fn(&Bench) -> Vec<Row>; 7] =
-        [masking::run, latency::first_call, drains::run, latency::send_to_row, memory::run, scaling::run, refusal::run];
+    let sections: [fn(&Bench) -> Vec<Row>; 8] = [
+        masking::run,
+        latency::first_call,
+        drains::run,
+        latency::send_to_row,
+        requests::run,
+        memory::run,
+        scaling::run,
+        refusal::run,
+    ];
     let mut rows = Vec::new();
     for section in sections {
         let new = section(&bench);

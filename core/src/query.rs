@@ -1,6 +1,6 @@
 //! The SQS Query protocol (form-encoded POST, XML answers), which endpoints older than SQS's JSON
 //! protocol speak: the forms the extension sends and the answers it reads.
-use crate::received::{attributes_json, Attribute, Received};
+use crate::received::{attributes_json, Attribute, Receive, Received};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use std::fmt;
@@ -10,31 +10,23 @@ const VERSION: &str = "2012-11-05";
 /// SQS answers nest a few levels deep; anything deeper is not an SQS answer.
 const MAX_DEPTH: usize = 16;
 
-/// The form of a ReceiveMessage request for up to `max` (1..=10) messages. `fifo_attempt`:
-/// a FIFO queue's ReceiveRequestAttemptId, which also asks for the group and sequence number.
-pub fn receive_form(
-    queue_url: &str,
-    max: i32,
-    wait_seconds: i32,
-    visibility_timeout: Option<i32>,
-    fifo_attempt: Option<&str>,
-    message_attributes: bool,
-) -> String {
-    let mut form = form("ReceiveMessage", queue_url);
-    form.append_pair("MaxNumberOfMessages", &max.to_string());
-    form.append_pair("WaitTimeSeconds", &wait_seconds.to_string());
-    if let Some(v) = visibility_timeout {
+/// The form of a ReceiveMessage request.
+pub fn receive_form(r: &Receive) -> String {
+    let mut form = form("ReceiveMessage", r.queue_url);
+    form.append_pair("MaxNumberOfMessages", &r.max.to_string());
+    form.append_pair("WaitTimeSeconds", &r.wait_seconds.to_string());
+    if let Some(v) = r.visibility_timeout {
         form.append_pair("VisibilityTimeout", &v.to_string());
     }
     // AttributeName.N, not MessageSystemAttributeName.N: the only form old endpoints know.
     form.append_pair("AttributeName.1", "SentTimestamp");
     form.append_pair("AttributeName.2", "ApproximateReceiveCount");
-    if let Some(attempt) = fifo_attempt {
+    if let Some(attempt) = r.fifo_attempt {
         form.append_pair("AttributeName.3", "MessageGroupId");
         form.append_pair("AttributeName.4", "SequenceNumber");
         form.append_pair("ReceiveRequestAttemptId", attempt);
     }
-    if message_attributes {
+    if r.message_attributes {
         form.append_pair("MessageAttributeName.1", "All");
     }
     form.finish()
@@ -59,13 +51,13 @@ fn form(action: &str, queue_url: &str) -> form_urlencoded::Serializer<'static, S
     form
 }
 
-/// An answer that is not the XML document it should be.
+/// An answer that is not the document it should be (XML here, JSON in the JSON protocol).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AnswerError(String);
+pub struct AnswerError(pub(crate) String);
 
 impl fmt::Display for AnswerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unreadable XML answer: {}", self.0)
+        write!(f, "unreadable answer: {}", self.0)
     }
 }
 
@@ -275,13 +267,7 @@ mod tests {
         assert_eq!(got[1].body, "not <xml> & raw");
         assert_eq!((got[1].sent_millis, got[1].receive_count), (None, None));
         assert_eq!((got[0].group_id.as_deref(), got[0].attributes.as_deref()), (None, None));
-        assert_eq!(got[1].group_id.as_deref(), Some("g1"));
-        assert_eq!(got[1].sequence_number.as_deref(), Some("18851174588113920000"));
-        let attributes: serde_json::Value = serde_json::from_str(got[1].attributes.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            attributes,
-            serde_json::json!({"price": {"Type": "Number", "Value": "12.50"}, "blob": {"Type": "Binary", "Value": "AAEC/w=="}})
-        );
+        crate::received::assert_fifo_message_with_attributes(&got[1]);
     }
 
     #[test]
@@ -338,15 +324,24 @@ mod tests {
 
     #[test]
     fn forms_encode_every_parameter() {
-        let form = receive_form("http://h:1/000000000000/login-queue", 10, 20, Some(30), None, false);
+        let plain = Receive {
+            queue_url: "http://h:1/000000000000/login-queue",
+            max: 10,
+            wait_seconds: 20,
+            visibility_timeout: Some(30),
+            fifo_attempt: None,
+            message_attributes: false,
+        };
+        let form = receive_form(&plain);
         assert_eq!(
             form,
             "Action=ReceiveMessage&Version=2012-11-05&QueueUrl=http%3A%2F%2Fh%3A1%2F000000000000%2Flogin-queue\
              &MaxNumberOfMessages=10&WaitTimeSeconds=20&VisibilityTimeout=30\
              &AttributeName.1=SentTimestamp&AttributeName.2=ApproximateReceiveCount"
         );
-        assert!(!receive_form("q", 1, 0, None, None, false).contains("VisibilityTimeout"));
-        assert!(receive_form("q.fifo", 1, 0, None, Some("a-1"), true).ends_with(
+        assert!(!receive_form(&Receive { visibility_timeout: None, ..plain }).contains("VisibilityTimeout"));
+        let fifo = Receive { fifo_attempt: Some("a-1"), message_attributes: true, ..plain };
+        assert!(receive_form(&fifo).ends_with(
             "&AttributeName.3=MessageGroupId&AttributeName.4=SequenceNumber\
              &ReceiveRequestAttemptId=a-1&MessageAttributeName.1=All"
         ));

@@ -17,6 +17,20 @@ pub struct Received {
     pub sequence_number: Option<String>,
 }
 
+/// One ReceiveMessage request, as either protocol writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Receive<'a> {
+    pub queue_url: &'a str,
+    /// 1..=10.
+    pub max: i32,
+    pub wait_seconds: i32,
+    pub visibility_timeout: Option<i32>,
+    /// A FIFO queue's ReceiveRequestAttemptId, which also asks for the group and sequence number.
+    pub fifo_attempt: Option<&'a str>,
+    /// Asks for the message attributes.
+    pub message_attributes: bool,
+}
+
 /// A message attribute as SQS carries it: `value` is the StringValue, or the BinaryValue in
 /// base64.
 pub struct Attribute<'a> {
@@ -35,6 +49,19 @@ pub fn attributes_json<'a>(attributes: impl IntoIterator<Item = Attribute<'a>>) 
         .map(|a| (a.name.to_owned(), serde_json::json!({"Type": a.data_type, "Value": a.value})))
         .collect();
     (!object.is_empty()).then(|| serde_json::Value::Object(object).to_string())
+}
+
+/// What both protocols' answer tests expect of their second message: group g1, a 20-digit
+/// sequence number, a Number and a Binary attribute.
+#[cfg(test)]
+pub(crate) fn assert_fifo_message_with_attributes(m: &Received) {
+    assert_eq!(m.group_id.as_deref(), Some("g1"));
+    assert_eq!(m.sequence_number.as_deref(), Some("18851174588113920000"));
+    let attributes: serde_json::Value = serde_json::from_str(m.attributes.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        attributes,
+        serde_json::json!({"price": {"Type": "Number", "Value": "12.50"}, "blob": {"Type": "Binary", "Value": "AAEC/w=="}})
+    );
 }
 
 #[cfg(test)]

@@ -32,7 +32,27 @@ impl fmt::Display for SqsError {
     }
 }
 
+/// Error codes SQS answers for a fault of its own or throttling: worth sending again.
+const TRANSIENT_CODES: [&str; 7] = [
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "ThrottlingException",
+    "RequestThrottled",
+    "AWS.SimpleQueueService.RequestThrottled",
+    "KmsThrottled",
+];
+
 impl SqsError {
+    /// A failure the same request may not meet again: no answer, a server fault, throttling.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SqsError::Unreachable { .. } => true,
+            SqsError::Service { code, .. } => code.starts_with("HTTP 5") || TRANSIENT_CODES.contains(&code.as_str()),
+            SqsError::Credentials { .. } | SqsError::QueryOnly { .. } => false,
+        }
+    }
+
     /// Which problem this is, without the details that vary between attempts.
     pub fn what(&self) -> String {
         match self {

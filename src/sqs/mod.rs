@@ -1,12 +1,14 @@
 //! The backend's SQS client: a queue value whose requests go out in the protocol its endpoint
-//! speaks (JSON through the SDK, or the older Query protocol), on one leaked current-thread
+//! speaks (JSON, or the older Query protocol), on one leaked current-thread
 //! runtime, driven in short slices so that Postgres interrupts are honoured while waiting.
 mod attempt;
 mod error;
 mod json;
 mod query;
+mod signed;
 
 pub use error::SqsError;
+use sqs_ingest_core::received::Receive;
 pub use sqs_ingest_core::received::Received;
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
@@ -25,6 +27,10 @@ const SLICE: Duration = Duration::from_millis(50);
 const IMDS_TIMEOUT: Duration = Duration::from_millis(300);
 /// Most messages one ReceiveMessage or DeleteMessageBatch takes.
 pub const BATCH: usize = 10;
+/// Attempts of a request that fails transiently, and the pause after the first (doubled after
+/// each): the AWS SDKs' standard retry mode.
+const ATTEMPTS: usize = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The wire protocol, `sqs_ingest.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PostgresGucEnum)]
@@ -117,13 +123,20 @@ impl Queue {
             let connection = &connection;
             let attempt = self.is_fifo().then(|| attempt::Attempt::next(&self.url));
             async move {
-                let id = attempt.as_ref().map(|a| a.id.as_str());
+                let request = Receive {
+                    queue_url: &self.url,
+                    max: n,
+                    wait_seconds,
+                    visibility_timeout: self.visibility_timeout,
+                    fifo_attempt: attempt.as_ref().map(|a| a.id.as_str()),
+                    message_attributes: self.message_attributes,
+                };
                 let received = self
-                    .request(connection, limit, move |query| async move {
+                    .request(connection, limit, |query| async move {
                         if query {
-                            connection.query().receive(self, n, wait_seconds, id).await
+                            query::receive(&connection.http, &request).await
                         } else {
-                            json::receive(&connection.json, self, n, wait_seconds, id).await
+                            json::receive(&connection.http, &request).await
                         }
                     })
                     .await?;
@@ -158,9 +171,9 @@ impl Queue {
             .map(|batch| async move {
                 let sent = self.request(connection, limit, move |query| async move {
                     if query {
-                        connection.query().delete_batch(self, batch).await
+                        query::delete_batch(&connection.http, self, batch).await
                     } else {
-                        json::delete_batch(&connection.json, self, batch).await
+                        json::delete_batch(&connection.http, self, batch).await
                     }
                 });
                 (batch.len(), sent.await)
@@ -193,27 +206,43 @@ impl Queue {
     }
 
     /// Sends one request, built by `send(query)`, in the protocol the endpoint speaks, within
-    /// `limit`. Under `auto`, an endpoint that answers JSON in the Query protocol is switched to
-    /// Query for the life of the connection and the request is sent again.
+    /// `limit`, sending it again after a transient failure (at most [`ATTEMPTS`] in all, as the
+    /// AWS SDKs' standard retry mode does). Under `auto`, an endpoint that answers JSON in the
+    /// Query protocol is switched to Query for the life of the connection and the request is
+    /// sent again.
     async fn request<T, F, Fut>(&self, connection: &Connection, limit: Duration, send: F) -> Result<T, SqsError>
     where
         F: Fn(bool) -> Fut,
         Fut: Future<Output = Result<T, SqsError>>,
     {
-        let within = |request: Fut| async move {
-            tokio::time::timeout(limit, request).await.unwrap_or_else(|_| {
+        let attempts = |query: bool| {
+            let send = &send;
+            async move {
+                let mut backoff = FIRST_BACKOFF;
+                for _ in 1..ATTEMPTS {
+                    match send(query).await {
+                        Err(e) if e.is_transient() => tokio::time::sleep(backoff).await,
+                        done => return done,
+                    }
+                    backoff *= 2;
+                }
+                send(query).await
+            }
+        };
+        let within = |attempts| async move {
+            tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
                 Err(SqsError::Unreachable {
                     target: self.config.target(),
                     detail: format!("no answer within {} ms", limit.as_millis()),
                 })
             })
         };
-        match within(send(connection.speaks_query.load(Ordering::Relaxed))).await {
+        match within(attempts(connection.speaks_query.load(Ordering::Relaxed))).await {
             Err(SqsError::QueryOnly { .. }) if self.config.protocol == Protocol::Auto => {
                 if !connection.speaks_query.swap(true, Ordering::Relaxed) {
                     *DETECTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.config.target());
                 }
-                within(send(true)).await
+                within(attempts(true)).await
             }
             other => other,
         }
@@ -245,20 +274,12 @@ pub struct Deleted {
     pub requests: usize,
 }
 
-/// The backend's connection to one endpoint: credentials resolved once, a client per protocol.
+/// The backend's connection to one endpoint: credentials resolved once, one signed HTTP client
+/// for both protocols.
 struct Connection {
-    json: aws_sdk_sqs::Client,
-    query: OnceLock<query::Client>,
+    http: signed::Client,
     config: ClientConfig,
-    credentials: SharedCredentialsProvider,
     speaks_query: AtomicBool,
-}
-
-impl Connection {
-    /// The Query client, built on first use: most endpoints never need it.
-    fn query(&self) -> &query::Client {
-        self.query.get_or_init(|| query::Client::new(&self.config, self.credentials.clone()))
-    }
 }
 
 /// The backend's connection for `config`, built (and its credentials resolved) on first use.
@@ -272,10 +293,8 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
     }
     let credentials = credentials(config).await?;
     let connection = Arc::new(Connection {
-        json: json::client(config, credentials.clone()).await,
-        query: OnceLock::new(),
+        http: signed::Client::new(config, credentials),
         config: config.clone(),
-        credentials,
         speaks_query: AtomicBool::new(config.protocol == Protocol::Query),
     });
     *CONNECTION.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
