@@ -9,12 +9,12 @@ REVOKE ALL ON FUNCTION @extschema@.reveal_pii(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.reveal_pii(text) TO sqs_ingest_pii_reader;
 
 GRANT USAGE ON SCHEMA sqs_ingest TO sqs_ingest_operator, sqs_ingest_pii_reader;
--- Pruning deletes old ledger entries, locking them first (which needs UPDATE).
-GRANT SELECT, INSERT, UPDATE, DELETE ON sqs_ingest.processed_messages TO sqs_ingest_operator;
--- retry_dead_letters updates the dead letters refused again.
-GRANT SELECT, INSERT, UPDATE, DELETE ON sqs_ingest.dead_letters TO sqs_ingest_operator;
+-- Exactly what ingesting needs: adding ledger entries and dead letters. Pruning the ledger,
+-- writing the vault and retrying dead letters run with the extension's own rights (its
+-- functions, not its operators, decide what they remove or change).
+GRANT SELECT, INSERT ON sqs_ingest.processed_messages TO sqs_ingest_operator;
+GRANT SELECT, INSERT ON sqs_ingest.dead_letters TO sqs_ingest_operator;
 GRANT USAGE ON SEQUENCE sqs_ingest.dead_letters_id_seq TO sqs_ingest_operator;
-GRANT INSERT ON sqs_ingest.pii_vault TO sqs_ingest_operator;
 GRANT SELECT ON sqs_ingest.worker_status TO sqs_ingest_operator;
 -- Sealed values are useless without the server's key; reveal_pii reads them as its caller.
 GRANT SELECT ON sqs_ingest.pii_vault, sqs_ingest.pii_reveals TO sqs_ingest_pii_reader;

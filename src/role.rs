@@ -1,6 +1,8 @@
 //! Runs code as another role, the way Postgres runs a SECURITY DEFINER function or a
-//! maintenance command: a source's expressions as its owner, catalog writes as the extension's.
-use pgrx::pg_sys;
+//! maintenance command: a source's expressions as its owner; the writes to the extension's own
+//! tables that its roles may not make themselves as the extension's owner.
+use crate::subxact::with_setting;
+use pgrx::prelude::*;
 
 /// Runs `body` with `role`'s privileges. `restricted` adds SECURITY_RESTRICTED_OPERATION, as
 /// VACUUM and REFRESH MATERIALIZED VIEW do for code the role wrote: no SET ROLE, no temporary
@@ -21,6 +23,17 @@ pub fn run_as<R>(role: pg_sys::Oid, restricted: bool, body: impl FnOnce() -> R) 
     // SAFETY: restores the pair saved above.
     unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
     out
+}
+
+/// Runs `body` with the extension owner's privileges, restricted, with search_path
+/// `pg_catalog, pg_temp`, as a SECURITY DEFINER function with a fixed search_path would: the
+/// writes the extension makes to its own tables beyond what its roles are granted (the catalog,
+/// pruning the ledger, the vault, dead letters retried). None when the extension is not
+/// created in this database.
+pub fn as_extension<R>(body: impl FnOnce() -> R) -> Option<R> {
+    let owner: pg_sys::Oid =
+        Spi::get_one("SELECT extowner FROM pg_extension WHERE extname = 'sqs_ingest'").ok().flatten()?;
+    Some(run_as(owner, true, || with_setting(c"search_path", c"pg_catalog, pg_temp", body)))
 }
 
 /// The role running the current statement (current_user).

@@ -258,7 +258,7 @@ fn round(index: usize, source: &Source, sink: &Sink, mine: &[Source], backlog: b
     // round sends requests_in_flight polls at once, all into one transaction. They wait up to
     // a second, not 0: a short poll asks only some of SQS's servers and may come back with
     // fewer than ten, or none, while more are queued; a poll that waits asks them all and still
-    // answers as soon as it has messages (README, "Performance").
+    // answers as soon as it has messages (docs/performance.md).
     let (max, in_flight, wait_seconds) = if backlog {
         (sqs::BATCH * settings.in_flight, settings.in_flight, BACKLOG_WAIT)
     } else {

@@ -169,6 +169,21 @@ impl Cluster {
         Cluster::start(name, &settings, &crate::emulator::AWS_ENV)
     }
 
+    /// A cluster of its own preloading pg_cron too, scheduling in `postgres` over TCP, the
+    /// worker off: the README's pg_cron setup.
+    pub fn with_pg_cron(name: &str, queue_url: &str) -> Cluster {
+        Cluster::with_workers(
+            name,
+            queue_url,
+            &[
+                "shared_preload_libraries = 'sqs_ingest,pg_cron'",
+                "cron.database_name = 'postgres'",
+                "cron.host = '127.0.0.1'",
+                "sqs_ingest.worker_enabled = off",
+            ],
+        )
+    }
+
     /// Pids of the running sqs_ingest workers.
     pub fn worker_pids(&self) -> Vec<i32> {
         self.connect("postgres")

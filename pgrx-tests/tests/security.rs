@@ -112,6 +112,45 @@ fn an_operator_fetches_and_reads_dead_letters_but_cannot_reveal_or_redirect() {
 }
 
 #[test]
+fn the_operator_has_exactly_the_rights_ingesting_needs() {
+    let (mut admin, mut op, queue) = setup("narrow_operator", &["sqs_ingest_operator"]);
+    // What it may: ingest (rows, ledger entries, dead letters; with recovery on, the vault is
+    // written for it), prune the ledger, retry dead letters, read the extension's state.
+    admin.batch_execute("ALTER TABLE user_logins ADD CONSTRAINT no_windows CHECK (device_type <> 'windows')").unwrap();
+    let mut bodies = valid(5, 311);
+    bodies[4] = sqs_ingest_it::logins::with_field(&bodies[4], "device_type", "windows");
+    queue.send(&bodies);
+    assert_eq!(fetch(&mut op, 10), 4);
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM sqs_ingest.pii_vault"), 10, "the vault, written for it");
+    assert_eq!(count(&mut op, "SELECT count(*) FROM sqs_ingest.dead_letters"), 1);
+    admin.batch_execute("UPDATE sqs_ingest.processed_messages SET ingested_at = now() - interval '365 days'").unwrap();
+    queue.send(&valid(1, 313));
+    assert_eq!(fetch(&mut op, 10), 1);
+    assert_eq!(count(&mut op, "SELECT count(*) FROM sqs_ingest.processed_messages"), 1, "the old entries pruned");
+    admin.batch_execute("ALTER TABLE user_logins DROP CONSTRAINT no_windows").unwrap();
+    assert_eq!(text(&mut op, "SELECT retry_dead_letters()::text").as_deref(), Some("1"));
+    assert_eq!(count(&mut op, "SELECT count(*) FROM sqs_ingest.dead_letters"), 0);
+    for view in ["processed_messages", "dead_letters", "sources", "source_status", "worker_status"] {
+        count(&mut op, &format!("SELECT count(*) FROM sqs_ingest.{view}"));
+    }
+    // What it may not: undo exactly-once, drop evidence, forge the vault, change sources.
+    for sql in [
+        "UPDATE sqs_ingest.processed_messages SET ingested_at = now()",
+        "DELETE FROM sqs_ingest.processed_messages",
+        "TRUNCATE sqs_ingest.processed_messages",
+        "UPDATE sqs_ingest.dead_letters SET reason = 'x'",
+        "DELETE FROM sqs_ingest.dead_letters",
+        "INSERT INTO sqs_ingest.pii_vault (masked, sealed) VALUES ('x', '\\x00')",
+        "SELECT * FROM sqs_ingest.pii_vault",
+        "UPDATE sqs_ingest.sources SET enabled = false",
+        "SELECT sqs_ingest.create_source('x', 'https://sqs.us-east-1.amazonaws.com/1/q', 'user_logins')",
+        "SELECT sqs_ingest.drop_source('login')",
+    ] {
+        denied(&mut op, sql);
+    }
+}
+
+#[test]
 fn a_pii_reader_reveals_originals_and_every_reveal_is_audited() {
     let (mut admin, mut reader, queue) = setup("reader", &["sqs_ingest_pii_reader"]);
     let bodies = valid(5, 307);

@@ -166,7 +166,15 @@ fn update_from(release: &str) {
     assert_ne!(version, release);
     assert_eq!(state(&mut db), before, "rows, ledger, dead letters, vault and role memberships survive");
     let now = grants(&mut db);
-    let lost: Vec<&String> = granted.iter().filter(|g| !now.contains(g)).collect();
+    // Taken on purpose: 0.4.0 narrowed the operator to what ingesting needs.
+    let narrowed = [
+        "sqs_ingest_operator UPDATE sqs_ingest.processed_messages",
+        "sqs_ingest_operator DELETE sqs_ingest.processed_messages",
+        "sqs_ingest_operator UPDATE sqs_ingest.dead_letters",
+        "sqs_ingest_operator DELETE sqs_ingest.dead_letters",
+        "sqs_ingest_operator INSERT sqs_ingest.pii_vault",
+    ];
+    let lost: Vec<&String> = granted.iter().filter(|g| !now.contains(g) && !narrowed.contains(&g.as_str())).collect();
     assert!(lost.is_empty(), "grants lost by the update: {lost:?}");
     // Dead letters of before are the login source's, which the catalog now lists.
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE source = 'login'"), 1);

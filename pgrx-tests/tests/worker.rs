@@ -150,16 +150,7 @@ fn two_workers_and_a_caller_give_one_row_per_message() {
 #[test]
 fn pg_cron_schedule_ingests() {
     let queue = Emulator::shared().queue("pg_cron");
-    let c = Cluster::with_workers(
-        "pg_cron",
-        &queue.url,
-        &[
-            "shared_preload_libraries = 'sqs_ingest,pg_cron'",
-            "cron.database_name = 'postgres'",
-            "cron.host = '127.0.0.1'",
-            "sqs_ingest.worker_enabled = off",
-        ],
-    );
+    let c = Cluster::with_pg_cron("pg_cron", &queue.url);
     let mut db = c.with_extension("postgres");
     db.batch_execute("CREATE EXTENSION pg_cron").unwrap();
     db.batch_execute("SELECT cron.schedule('login-ingest', '* * * * *', 'SELECT fetch_login_queue(100)')").unwrap();

@@ -30,9 +30,34 @@ pub fn store(
     sealer: Option<&Sealer>,
 ) -> Stored {
     let (rows, mut dead) = parse(target, batch, envelope, masker, sealer);
+    seal(&rows);
     let stored = insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, masker);
     let dead_letters = dead.insert(target.dead_letter_errors, true);
     Stored { rows: stored, dead_letters, duplicates: batch.len() as i32 - stored - dead_letters }
+}
+
+/// Keeps the originals of the rows' masked values, sealed, in the vault (when recovery is on),
+/// with the extension's rights: nobody is granted writes to the vault. Each masked value keeps
+/// its first seal; a value sealed for a row the table then refuses stays, as its dead letter's
+/// masked body names it.
+fn seal(rows: &[Row]) {
+    let (mut masked, mut seals) = (Vec::new(), Vec::new());
+    for r in rows {
+        if let Some((ip, device_id)) = &r.sealed {
+            masked.extend([r.masked_ip.clone(), r.masked_device_id.clone()]);
+            seals.extend([ip.clone(), device_id.clone()]);
+        }
+    }
+    if masked.is_empty() {
+        return;
+    }
+    as_extension(|| {
+        update(
+            "INSERT INTO sqs_ingest.pii_vault (masked, sealed) SELECT * FROM unnest($1::text[], $2::bytea[])
+             ON CONFLICT DO NOTHING",
+            &[masked.into(), seals.into()],
+        )
+    });
 }
 
 /// Stores the kept bodies of dead letters again (retry_dead_letters), whose ip and device_id
@@ -143,25 +168,32 @@ impl std::ops::AddAssign for Stored {
 /// calls instead of making one call slow.
 const PRUNE_LIMIT: i64 = 10_000;
 
-/// Removes ledger entries older than the retention, in the caller's transaction. Rows another
+/// Removes ledger entries older than the retention, in the caller's transaction, with the
+/// extension's rights: its operators may add to the ledger, not remove from it. Rows another
 /// transaction is already deleting are skipped rather than waited for.
 pub fn prune_ledger(retention_seconds: i32) {
     let sql = "DELETE FROM sqs_ingest.processed_messages WHERE message_id IN (
                    SELECT message_id FROM sqs_ingest.processed_messages
                    WHERE ingested_at < now() - make_interval(secs => $1)
                    ORDER BY ingested_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
-    update(sql, &[(retention_seconds as f64).into(), PRUNE_LIMIT.into()]);
+    as_extension(|| update(sql, &[(retention_seconds as f64).into(), PRUNE_LIMIT.into()]));
+}
+
+/// Runs `body` with the extension's rights (role::as_extension); inside one of its functions the
+/// extension exists, so its absence is raised.
+pub(super) fn as_extension<R>(body: impl FnOnce() -> R) -> R {
+    crate::role::as_extension(body).unwrap_or_else(|| raise(IngestError::NoExtension))
 }
 
 /// A statement that enters the batch's message ids in the ledger and runs `insert` (an
 /// INSERT ... SELECT) over the rows of `batch` whose id was new: a row or dead letter exists iff
 /// its message id entered the ledger in this very statement.
-fn ledgered(batch: &str, more: &str, insert: &str) -> String {
+fn ledgered(batch: &str, insert: &str) -> String {
     format!(
         "WITH batch AS ({batch}), fresh AS (
             INSERT INTO sqs_ingest.processed_messages (message_id)
             SELECT message_id FROM batch ON CONFLICT DO NOTHING RETURNING message_id
-         ){more}
+         )
          {insert}
          FROM batch JOIN fresh USING (message_id)"
     )
@@ -230,30 +262,14 @@ fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
                 .into(),
         ),
     };
-    let sealing = rows[0].sealed.is_some();
-    // The originals are sealed under their masked values, once each: the first seal stays.
-    let vault = if sealing {
-        ", vault AS (
-            INSERT INTO sqs_ingest.pii_vault (masked, sealed)
-            SELECT v.masked, v.sealed FROM batch JOIN fresh USING (message_id),
-                LATERAL (VALUES (masked_ip, sealed_ip), (masked_device_id, sealed_device_id))
-                AS v(masked, sealed)
-            ON CONFLICT DO NOTHING
-         )"
-    } else {
-        ""
-    };
-    let sealed_columns = if sealing { ", $9::bytea[], $10::bytea[]" } else { "" };
-    let sealed_names = if sealing { ", sealed_ip, sealed_device_id" } else { "" };
     let table = &target.table;
     let sql = ledgered(
         &format!(
             "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::{version_type}[], $8::timestamptz[]{sealed_columns})
+                                 $6::text[], $7::{version_type}[], $8::timestamptz[])
                 AS b(message_id, user_id, device_type, masked_ip, masked_device_id, locale,
-                     app_version, sent_at{sealed_names})"
+                     app_version, sent_at)"
         ),
-        vault,
         &format!(
             "INSERT INTO {table}
                 (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
@@ -261,7 +277,7 @@ fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
                     (coalesce(sent_at, now()) AT TIME ZONE 'UTC')::date"
         ),
     );
-    let mut args: Vec<DatumWithOid> = vec![
+    let args: [DatumWithOid; 8] = [
         column(|r| r.message.message_id.clone()),
         column(|r| r.user_id.clone()),
         column(|r| r.device_type.clone()),
@@ -271,13 +287,6 @@ fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
         versions,
         rows.iter().map(|r| r.sent_at).collect::<Vec<_>>().into(),
     ];
-    if sealing {
-        let sealed = |f: fn(&(Vec<u8>, Vec<u8>)) -> Vec<u8>| -> DatumWithOid {
-            rows.iter().map(|r| r.sealed.as_ref().map(f).unwrap_or_default()).collect::<Vec<_>>().into()
-        };
-        args.push(sealed(|s| s.0.clone()));
-        args.push(sealed(|s| s.1.clone()));
-    }
     update(&sql, &args)
 }
 
@@ -371,7 +380,8 @@ impl DeadLetters {
             self.constraint_name.into(),
             self.table_name.into(),
         ];
-        update(&sql, &args);
+        // Dead letters are changed only by retry_dead_letters, with the extension's rights.
+        as_extension(|| update(&sql, &args));
     }
 
     /// Inserts them; with `ledger`, each with its ledger entry in the same statement, skipping
@@ -414,7 +424,7 @@ impl DeadLetters {
             "INSERT INTO sqs_ingest.dead_letters (message_id, sent_at, receive_count, reason, body{names}{source_name})
              SELECT message_id, sent_at, receive_count, reason, body{names}{source_value}"
         );
-        let sql = if ledger { ledgered(&batch, "", &insert) } else { format!("{insert} FROM ({batch}) AS batch") };
+        let sql = if ledger { ledgered(&batch, &insert) } else { format!("{insert} FROM ({batch}) AS batch") };
         update(&sql, &args)
     }
 }

@@ -106,10 +106,9 @@ fn columns(columns: JsonB) -> Result<Option<Vec<(String, String)>>, SourceError>
 /// Writes the catalog with the privileges of the extension's owner: the caller was checked
 /// above, and may hold no right on the catalog itself.
 fn write(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<(), SourceError> {
-    let owner: Option<pg_sys::Oid> =
-        Spi::get_one("SELECT extowner FROM pg_extension WHERE extname = 'sqs_ingest'").ok().flatten();
-    let owner = owner.ok_or(SourceError::NoExtension)?;
-    role::run_as(owner, false, || Spi::run_with_args(sql, args)).map_err(SourceError::spi("writing sqs_ingest.sources"))
+    role::as_extension(|| Spi::run_with_args(sql, args))
+        .ok_or(SourceError::NoExtension)?
+        .map_err(SourceError::spi("writing sqs_ingest.sources"))
 }
 
 fn mapping_json(source: &Source) -> Option<String> {
