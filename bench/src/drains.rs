@@ -2,6 +2,7 @@
 //! emulator's limit, the Python pipeline, fetch_login_queue in a loop, the worker, and a generic
 //! source mapping the same bodies by SQL expressions; with the CPU time each spends inside
 //! Postgres (and in Python) per 1,000 messages.
+use crate::requests::{requests, RECEIVES_AND_DELETES};
 use crate::stats::{cpu_seconds, median};
 use crate::{Bench, Row, PII_KEY};
 use sqs_ingest_it::emulator::AWS_ENV;
@@ -51,7 +52,7 @@ pub fn run(b: &Bench) -> Vec<Row> {
             fetch(&mut db, 1);
             db.query_one("SELECT sqs_ingest.fetch_source('generic', 1)", &[]).unwrap();
             b.load(n, (round * 10 + m + 1) as u64);
-            let requests_before = sqs_requests(&mut db);
+            let requests_before = requests(&mut db, RECEIVES_AND_DELETES);
             let (seconds, cpu) = match *mode {
                 "limit" => (crate::sqs::drain_at_the_limit(b.emulator, &b.queue.url, n).as_secs_f64(), 0.0),
                 "python" => python(b, n),
@@ -66,11 +67,11 @@ pub fn run(b: &Bench) -> Vec<Row> {
             }
             // The deletes of the last batch follow its commit: counted once the queue is empty.
             wait_until("the deletes", Duration::from_secs(60), || b.queue.counts() == (0, 0));
-            let requests = (sqs_requests(&mut db) - requests_before) as f64;
+            let sent = (requests(&mut db, RECEIVES_AND_DELETES) - requests_before) as f64;
             this[m] = Run {
                 rate: n as f64 / seconds,
                 cpu_per_1000: cpu * 1000.0 / n as f64,
-                requests_per_1000: requests * 1000.0 / n as f64,
+                requests_per_1000: sent * 1000.0 / n as f64,
             };
             println!(
                 "round {}: {mode:>6}: {n} messages in {seconds:.2} s, {:.0}/s, CPU {:.3} s and {:.0} SQS requests per 1,000",
@@ -83,7 +84,7 @@ pub fn run(b: &Bench) -> Vec<Row> {
         runs.push(this);
     }
     let rate = |m: usize| median(runs.iter().map(|r| r[m].rate).collect());
-    let requests = |m: usize| median(runs.iter().map(|r| r[m].requests_per_1000).collect());
+    let per_1000 = |m: usize| median(runs.iter().map(|r| r[m].requests_per_1000).collect());
     let cpu = |m: usize| median(runs.iter().map(|r| r[m].cpu_per_1000).collect());
     let ratio =
         |a: usize, over: usize, f: fn(&Run) -> f64| median(runs.iter().map(|r| f(&r[a]) / f(&r[over])).collect());
@@ -138,7 +139,7 @@ pub fn run(b: &Bench) -> Vec<Row> {
     rows.push(Row {
         id: "C1",
         what: "SQS requests per 1,000 messages, receives and deletes, as source_status counts them (fetch loop / worker / generic source)".to_owned(),
-        figure: format!("{:.0} / {:.0} / {:.0}", requests(fe), requests(wo), requests(generic)),
+        figure: format!("{:.0} / {:.0} / {:.0}", per_1000(fe), per_1000(wo), per_1000(generic)),
         goal: "",
         met: None,
     });
@@ -176,11 +177,6 @@ fn python(b: &Bench, n: usize) -> (f64, f64) {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("its JSON line");
     let get = |k: &str| report[k].as_f64().unwrap_or_else(|| panic!("{k} in {report}"));
     (get("seconds"), get("cpu") + get("backend_cpu"))
-}
-
-/// Receives and deletes every source has sent so far (sqs_ingest.source_status).
-fn sqs_requests(db: &mut postgres::Client) -> i64 {
-    count(db, "SELECT coalesce(sum(receive_requests + delete_requests), 0)::int8 FROM sqs_ingest.source_status")
 }
 
 fn backend_pid(db: &mut postgres::Client) -> i32 {

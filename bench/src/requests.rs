@@ -13,7 +13,11 @@ const IDLE_LIMIT: Duration = Duration::from_secs(90);
 const SLOW_MESSAGES: usize = 1000;
 const SLOW_EVERY: Duration = Duration::from_millis(100);
 
-fn requests(db: &mut postgres::Client, kind: &str) -> i64 {
+/// Receives and deletes, for [`requests`].
+pub const RECEIVES_AND_DELETES: &str = "receive_requests + delete_requests";
+
+/// The sum of `kind` (a column or sum of columns of sqs_ingest.source_status) over the sources.
+pub fn requests(db: &mut postgres::Client, kind: &str) -> i64 {
     count(db, &format!("SELECT coalesce(sum({kind}), 0)::int8 FROM sqs_ingest.source_status"))
 }
 
@@ -31,7 +35,7 @@ pub fn run(b: &Bench) -> Vec<Row> {
     let minutes = start.elapsed().as_secs_f64() / 60.0;
     let per_minute = IDLE_POLLS as f64 / workers.max(1) as f64 / minutes;
 
-    let before = requests(&mut db, "receive_requests + delete_requests");
+    let before = requests(&mut db, RECEIVES_AND_DELETES);
     let bodies = valid(SLOW_MESSAGES, 977);
     let start = Instant::now();
     for (i, batch) in bodies.chunks(10).enumerate() {
@@ -45,7 +49,7 @@ pub fn run(b: &Bench) -> Vec<Row> {
         count(&mut db, "SELECT count(*) FROM user_logins") as usize >= SLOW_MESSAGES
     });
     wait_until("the deletes", Duration::from_secs(60), || b.queue.counts() == (0, 0));
-    let slow = requests(&mut db, "receive_requests + delete_requests") - before;
+    let slow = requests(&mut db, RECEIVES_AND_DELETES) - before;
     b.workers(false);
     vec![
         Row {

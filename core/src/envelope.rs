@@ -52,7 +52,10 @@ pub fn open(body: &str, kind: Envelope) -> Result<Option<Opened>, Rejection> {
         other => other,
     };
     let opened = serde_json::from_str::<BTreeMap<Cow<str>, &RawValue>>(body).ok().and_then(|mut fields| {
-        if matches!(sought, Envelope::Auto | Envelope::Sns) && is_sns(&fields) {
+        // A string field as its text between the quotes, unescaped or not: only "Notification"
+        // is compared, and any string will do for the rest.
+        let field = |key: &str| fields.get(key).map(|v| v.get().strip_prefix('"').and_then(|t| t.strip_suffix('"')));
+        if matches!(sought, Envelope::Auto | Envelope::Sns) && is_sns(field) {
             let message = fields.remove("Message")?;
             let text: String = serde_json::from_str(message.get()).ok()?;
             let payload = match serde_json::from_str::<&RawValue>(&text) {
@@ -60,7 +63,7 @@ pub fn open(body: &str, kind: Envelope) -> Result<Option<Opened>, Rejection> {
                 Err(_) => serde_json::Value::String(text).to_string(),
             };
             Some(Opened { payload, envelope: serde_json::to_string(&fields).ok()? })
-        } else if matches!(sought, Envelope::Auto | Envelope::EventBridge) && is_eventbridge(&fields) {
+        } else if matches!(sought, Envelope::Auto | Envelope::EventBridge) && is_eventbridge(field) {
             let detail = fields.remove("detail")?;
             Some(Opened { payload: detail.get().to_owned(), envelope: serde_json::to_string(&fields).ok()? })
         } else {
@@ -75,34 +78,32 @@ pub fn open(body: &str, kind: Envelope) -> Result<Option<Opened>, Rejection> {
     }
 }
 
-type Fields<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+/// What `field(key)` says of an object's key: `None` absent, `Some(None)` a value that is not a
+/// string, `Some(Some(text))` a string.
+trait Fields<'a>: Fn(&str) -> Option<Option<&'a str>> {}
+impl<'a, F: Fn(&str) -> Option<Option<&'a str>>> Fields<'a> for F {}
 
-fn is_string(fields: &Fields, key: &str) -> bool {
-    fields.get(key).is_some_and(|v| v.get().starts_with('"'))
+fn is_string<'a>(field: &impl Fields<'a>, key: &str) -> bool {
+    matches!(field(key), Some(Some(_)))
 }
 
 /// As SNS delivers to SQS: `{"Type": "Notification", "MessageId", "TopicArn", "Message", ...}`.
-fn is_sns(fields: &Fields) -> bool {
-    fields.get("Type").is_some_and(|t| t.get() == "\"Notification\"")
-        && is_string(fields, "TopicArn")
-        && is_string(fields, "Message")
+fn is_sns<'a>(field: impl Fields<'a>) -> bool {
+    field("Type") == Some(Some("Notification")) && is_string(&field, "TopicArn") && is_string(&field, "Message")
 }
 
 /// As EventBridge delivers to SQS: `{"version", "id", "detail-type", "source", "time", "detail", ...}`.
-fn is_eventbridge(fields: &Fields) -> bool {
-    is_string(fields, "detail-type") && is_string(fields, "source") && fields.contains_key("detail")
+fn is_eventbridge<'a>(field: impl Fields<'a>) -> bool {
+    is_string(&field, "detail-type") && is_string(&field, "source") && field("detail").is_some()
 }
 
 /// The key that holds the payload when `body` is an envelope: "Message" (SNS, a JSON text in a
 /// string) or "detail" (EventBridge); for masking what a dead letter keeps.
 pub fn payload_key(body: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
-    let string = |k: &str| body.get(k).is_some_and(serde_json::Value::is_string);
-    if body.get("Type").and_then(serde_json::Value::as_str) == Some("Notification")
-        && string("TopicArn")
-        && string("Message")
-    {
+    let field = |key: &str| body.get(key).map(serde_json::Value::as_str);
+    if is_sns(field) {
         Some("Message")
-    } else if string("detail-type") && string("source") && body.contains_key("detail") {
+    } else if is_eventbridge(field) {
         Some("detail")
     } else {
         None

@@ -27,17 +27,16 @@ async fn post(client: &Client, action: &str, body: String) -> Result<Answer, Sqs
 
 /// The answer's body when SQS accepted the request, its error otherwise.
 fn accepted(client: &Client, answer: Answer) -> Result<String, SqsError> {
-    let target = client.target.clone();
     // The Query protocol's XML, whatever the status: the endpoint does not speak JSON at all.
     if answer.body.trim_start().starts_with('<') {
         let (code, message) = match query::error_answer(&answer.body) {
             Some(e) => (e.code, redact(&e.message)),
             None => (format!("HTTP {}", answer.status), "an XML document".to_owned()),
         };
-        return Err(SqsError::QueryOnly { target, code, message });
+        return Err(SqsError::QueryOnly { target: client.target.clone(), code, message });
     }
     if answer.is_success() {
         return Ok(answer.body);
     }
-    Err(answer.error(&target, json::error_answer(&answer.body)))
+    Err(answer.error(&client.target, json::error_answer(&answer.body)))
 }
