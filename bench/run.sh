@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark, in one command: installs what is missing, builds and installs the extension
 # (release), then runs bench/ against its own cluster and LocalStack and prints the table.
-# Arguments go to the bench binary: --messages N (default 5000), --rounds R (5), --rss N (100000).
+# Arguments go to the bench binary: --messages N (default 5000), --rounds R (5), --rss N (20000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -328,6 +328,11 @@ fn round(index: usize, source: &Source, sink: &Sink, mine: &[Source], backlog: b
 }
 
 fn succeeded(index: usize, source: &str, stored: Option<ingest::Stored>) {
+    if let Some(deferred) = stored.map(|s| s.deferred).filter(|&d| d > 0) {
+        log!(
+            "sqs_ingest worker {index}: source \"{source}\": {deferred} messages left in the queue: another transaction was entering some of them in the ledger"
+        );
+    }
     status::update(index, |s| {
         s.state = State::Idle;
         s.last_success = Some(status::now());

@@ -2,6 +2,7 @@
 //! emulator's own limit, on one cluster and one LocalStack; every comparison is alternated round
 //! by round so that machine noise cancels. Prints one table. Run it with bench/run.sh.
 mod drains;
+mod instructions;
 mod latency;
 mod masking;
 mod memory;
@@ -30,7 +31,7 @@ pub struct Args {
 
 impl Args {
     fn parse() -> Args {
-        let mut args = Args { messages: 5000, rounds: 5, rss: 100_000 };
+        let mut args = Args { messages: 5000, rounds: 5, rss: 20_000 };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let value = it.next().and_then(|v| v.parse().ok());
@@ -47,7 +48,7 @@ impl Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: sqs_ingest_bench [--messages N (5000)] [--rounds R (5)] [--rss N (100000)]");
+    eprintln!("usage: sqs_ingest_bench [--messages N (5000)] [--rounds R (5)] [--rss N (20000)]");
     std::process::exit(2)
 }
 
@@ -129,7 +130,7 @@ fn main() {
     let bench = Bench { args: &args, queue, cluster, emulator: &emulator };
     println!("{}", machine());
 
-    let sections: [fn(&Bench) -> Vec<Row>; 8] = [
+    let sections: [fn(&Bench) -> Vec<Row>; 9] = [
         masking::run,
         latency::first_call,
         drains::run,
@@ -138,6 +139,8 @@ fn main() {
         memory::run,
         scaling::run,
         refusal::run,
+        // Last: it restarts the cluster under valgrind.
+        instructions::run,
     ];
     let mut rows = Vec::new();
     for section in sections {

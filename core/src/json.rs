@@ -3,8 +3,7 @@
 //! it reads, parsed in one pass into what ingestion uses.
 use crate::query::{AnswerError, ServiceError};
 use crate::received::{attributes_json, Attribute, Receive, Received};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -13,33 +12,64 @@ pub fn target(action: &str) -> String {
     format!("AmazonSQS.{action}")
 }
 
+/// A ReceiveMessage request as SQS reads it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReceiveRequest<'a> {
+    queue_url: &'a str,
+    max_number_of_messages: i32,
+    wait_time_seconds: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility_timeout: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receive_request_attempt_id: Option<&'a str>,
+    message_system_attribute_names: &'a [&'a str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_attribute_names: Option<[&'a str; 1]>,
+}
+
 /// The body of a ReceiveMessage request.
 pub fn receive_request(r: &Receive) -> String {
-    let mut system = vec!["SentTimestamp", "ApproximateReceiveCount"];
-    let mut request = json!({
-        "QueueUrl": r.queue_url,
-        "MaxNumberOfMessages": r.max,
-        "WaitTimeSeconds": r.wait_seconds,
-    });
-    if let Some(v) = r.visibility_timeout {
-        request["VisibilityTimeout"] = json!(v);
-    }
-    if let Some(attempt) = r.fifo_attempt {
-        system.extend(["MessageGroupId", "SequenceNumber"]);
-        request["ReceiveRequestAttemptId"] = json!(attempt);
-    }
-    request["MessageSystemAttributeNames"] = json!(system);
-    if r.message_attributes {
-        request["MessageAttributeNames"] = json!(["All"]);
-    }
-    request.to_string()
+    const PLAIN: &[&str] = &["SentTimestamp", "ApproximateReceiveCount"];
+    const FIFO: &[&str] = &["SentTimestamp", "ApproximateReceiveCount", "MessageGroupId", "SequenceNumber"];
+    to_json(&ReceiveRequest {
+        queue_url: r.queue_url,
+        max_number_of_messages: r.max,
+        wait_time_seconds: r.wait_seconds,
+        visibility_timeout: r.visibility_timeout,
+        receive_request_attempt_id: r.fifo_attempt,
+        message_system_attribute_names: if r.fifo_attempt.is_some() { FIFO } else { PLAIN },
+        message_attribute_names: r.message_attributes.then_some(["All"]),
+    })
+}
+
+/// A DeleteMessageBatch request as SQS reads it. Written straight from the handles: a delete
+/// carries ten receipt handles of a few hundred bytes, once per ten messages.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteBatchRequest<'a> {
+    queue_url: &'a str,
+    entries: Vec<DeleteEntry<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteEntry<'a> {
+    /// A string in SQS's model.
+    id: String,
+    receipt_handle: &'a str,
 }
 
 /// The body of a DeleteMessageBatch request; entry ids are the handles' positions.
 pub fn delete_batch_request(queue_url: &str, handles: &[String]) -> String {
-    let entries: Vec<_> =
-        handles.iter().enumerate().map(|(i, h)| json!({"Id": i.to_string(), "ReceiptHandle": h})).collect();
-    json!({"QueueUrl": queue_url, "Entries": entries}).to_string()
+    let entries =
+        handles.iter().enumerate().map(|(i, h)| DeleteEntry { id: i.to_string(), receipt_handle: h }).collect();
+    to_json(&DeleteBatchRequest { queue_url, entries })
+}
+
+/// A request document as JSON: the fields above are strings and numbers, which always serialize.
+fn to_json(request: &impl Serialize) -> String {
+    serde_json::to_string(request).expect("strings and numbers serialize to JSON")
 }
 
 #[derive(Deserialize)]
@@ -135,6 +165,7 @@ pub fn error_answer(body: &str) -> Option<ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// As SQS answers, escapes and all.
     const RECEIVED: &str = r#"{"Messages":[

@@ -78,11 +78,22 @@ impl Cluster {
             .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
             .unwrap();
         let cluster = Cluster { dir, port };
-        cluster.pg_ctl_start(env);
+        cluster.pg_ctl_start(env, &[]);
         cluster
     }
 
-    fn pg_ctl_start(&self, env: &[(&str, &str)]) {
+    /// Starts the stopped server again with every one of its processes run under `wrapper` (a
+    /// program and its arguments, valgrind say): pg_ctl starts a script that runs postgres so.
+    pub fn start_wrapped(&self, wrapper: &[&str], env: &[(&str, &str)]) {
+        use std::os::unix::fs::PermissionsExt;
+        let script = self.dir.join("postgres-wrapped");
+        let words: Vec<String> = wrapper.iter().map(|w| format!("'{}'", w.replace('\'', "'\\''"))).collect();
+        std::fs::write(&script, format!("#!/bin/sh\nexec {} '{}/postgres' \"$@\"\n", words.join(" "), bin())).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self.pg_ctl_start(env, &["-p", script.to_str().unwrap()]);
+    }
+
+    fn pg_ctl_start(&self, env: &[(&str, &str)], extra: &[&str]) {
         // A clean environment: RUST_BACKTRACE and friends in the postmaster slow every ERROR.
         let mut c = as_postgres("/usr/bin/env");
         c.args(["-i", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]);
@@ -91,6 +102,7 @@ impl Cluster {
         }
         c.arg(format!("{}/pg_ctl", bin()));
         c.args(["-D", self.data().to_str().unwrap(), "-l", self.log().to_str().unwrap()]);
+        c.args(extra);
         c.args(["-w", "-t", "60", "start"]);
         run(c);
     }
@@ -202,7 +214,7 @@ impl Cluster {
     }
 
     pub fn start_again(&self, env: &[(&str, &str)]) {
-        self.pg_ctl_start(env);
+        self.pg_ctl_start(env, &[]);
     }
 
     pub fn stop(&self) {

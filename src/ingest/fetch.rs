@@ -55,6 +55,12 @@ fn fetch(name: &str, max: Option<i32>) -> Result<i32, ErrorReport> {
             total.duplicates
         );
     }
+    if total.deferred > 0 {
+        notice!(
+            "sqs_ingest: {} messages left in the queue: another transaction was entering some of them in the ledger; SQS delivers them again after the visibility timeout",
+            total.deferred
+        );
+    }
     Ok(total.rows)
 }
 

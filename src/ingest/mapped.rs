@@ -1,7 +1,7 @@
 //! Writes one batch of a mapped source: ledger entries first, as the caller; then the rows,
 //! through the source's INSERT as its owner, each body out of its envelope; bodies that are not
 //! JSON objects and rows the table or an expression refuses as dead letters that name the source.
-use super::store::{insert_or_isolate, returning, sent_at, update, DeadLetters, Stored};
+use super::store::{enter_ledger, insert_or_isolate, sent_at, update, DeadLetters, Deferred, Stored};
 use crate::source::mapping::Mapping;
 use crate::sqs::Received;
 use pgrx::datum::DatumWithOid;
@@ -13,27 +13,36 @@ use std::collections::HashSet;
 /// Stores a batch received from `source`. Bodies are kept as they came in its dead letters:
 /// only the login source knows which fields are personal, and a retry must see the original.
 pub fn store(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope) -> Stored {
-    let (stored, dead, duplicates) = write(mapping, source, batch, envelope);
-    let dead_letters = dead.insert(true, false);
-    Stored { rows: stored, dead_letters, duplicates }
+    match write(mapping, source, batch, envelope) {
+        Ok((stored, dead, duplicates)) => {
+            let dead_letters = dead.insert(true);
+            Stored { rows: stored, dead_letters, duplicates, deferred: 0 }
+        }
+        Err(_) => Stored { deferred: batch.len() as i32, ..Stored::default() },
+    }
 }
 
 /// Stores the kept bodies of dead letters again (retry_dead_letters), their ledger entries
 /// removed first: the rows inserted, and the ids of the messages that are dead letters again,
 /// whose dead letters get their new reason and error, and their ledger entries back.
 pub fn restore(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope) -> (i32, Vec<String>) {
-    let (stored, dead, _) = write(mapping, source, batch, envelope);
+    let (stored, dead, _) = write(mapping, source, batch, envelope).unwrap_or_else(|d| d.raise());
     let again = dead.message_ids().to_vec();
     dead.update(true);
     (stored, again)
 }
 
 /// Enters the batch in the ledger and inserts the rows of those new to it: the rows inserted,
-/// the dead letters to write, and how many were ingested before.
-fn write(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope) -> (i32, DeadLetters, i32) {
+/// the dead letters to write, and how many were ingested before; or the batch left for later.
+fn write(
+    mapping: &Mapping,
+    source: &str,
+    batch: &[Received],
+    envelope: Envelope,
+) -> Result<(i32, DeadLetters, i32), Deferred> {
     let mut seen = HashSet::with_capacity(batch.len());
     let batch: Vec<&Received> = batch.iter().filter(|m| seen.insert(m.message_id.as_str())).collect();
-    let fresh = enter_ledger(&batch);
+    let fresh = enter_ledger(batch.iter().copied())?;
     let mut rows = Vec::with_capacity(fresh.len());
     let mut dead = DeadLetters::new(&mapping.table, &mapping.relation, Some(source));
     let as_is = Masker::AlreadyMasked;
@@ -48,19 +57,7 @@ fn write(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope
         }
     }
     let inserted = insert_or_isolate(&rows, |r| r.message, |rows| insert(mapping, rows), &mut dead, &as_is);
-    (inserted, dead, (batch.len() - fresh.len()) as i32)
-}
-
-/// Enters the batch's ids in the ledger; those that were not there yet.
-fn enter_ledger(batch: &[&Received]) -> HashSet<String> {
-    let ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
-    returning(
-        "INSERT INTO sqs_ingest.processed_messages (message_id) SELECT unnest($1::text[])
-         ON CONFLICT DO NOTHING RETURNING message_id",
-        &[ids.into()],
-    )
-    .into_iter()
-    .collect()
+    Ok((inserted, dead, (batch.len() - fresh.len()) as i32))
 }
 
 /// A message to insert, out of its envelope when it had one.

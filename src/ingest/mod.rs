@@ -84,7 +84,11 @@ pub fn ingest(source: &str, sink: &Sink, settings: &FetchSettings, received: Vec
             .and_then(sqs_ingest_core::message::pg_timestamp_from_unix_millis),
         ..Counts::ZERO
     };
-    let handles = received.into_iter().map(|m| m.receipt_handle).collect();
+    // A deferred batch stays in the queue: SQS delivers it again.
+    let handles = match stored.deferred {
+        0 => received.into_iter().map(|m| m.receipt_handle).collect(),
+        _ => Vec::new(),
+    };
     xact::delete_after_commit(source, &settings.queue, settings.in_flight, handles, counts);
     stored
 }

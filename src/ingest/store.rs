@@ -1,6 +1,7 @@
-//! Writes one batch in the current transaction: rows and dead letters, each with its ledger
-//! entry in the same statement, through plans kept for the backend's life. A row the table
-//! refuses (a constraint, a trigger, a missing partition) becomes a dead letter, not a stall.
+//! Writes one batch in the current transaction: its ledger entries first, then the rows and dead
+//! letters of the messages new to the ledger, through plans kept for the backend's life. A row
+//! the table refuses (a constraint, a trigger, a missing partition) becomes a dead letter, not a
+//! stall.
 use super::table::TABLE;
 use super::{IngestError, Target};
 use crate::errors::raise;
@@ -10,7 +11,7 @@ use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use pgrx::PgOid;
+use pgrx::{PgOid, PgSqlErrorCode};
 use sqs_ingest_core::envelope::{self, Envelope};
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::message::{self, AppVersion, AppVersionColumn};
@@ -19,9 +20,10 @@ use sqs_ingest_core::vault::Sealer;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
-/// Inserts the batch's valid messages as rows and the others as dead letters, each with its
-/// ledger entry; ids already in the ledger are skipped. Rows are validated against the columns
-/// first; what the table itself refuses is found row by row (see [`insert_or_isolate`]).
+/// Enters the batch in the ledger, then inserts the valid messages new to it as rows and the
+/// others as dead letters; ids already in the ledger are skipped, before they are parsed. Rows
+/// are validated against the columns first; what the table itself refuses is found row by row
+/// (see [`insert_or_isolate`]).
 pub fn store(
     target: &Target,
     batch: &[Received],
@@ -29,11 +31,64 @@ pub fn store(
     masker: &Masker,
     sealer: Option<&Sealer>,
 ) -> Stored {
-    let (rows, mut dead) = parse(target, batch, envelope, masker, sealer);
+    let Ok(fresh) = enter_ledger(batch) else {
+        return Stored { deferred: batch.len() as i32, ..Stored::default() };
+    };
+    let (rows, mut dead) = parse(target, batch, &fresh, envelope, masker, sealer);
     seal(&rows);
     let stored = insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, masker);
-    let dead_letters = dead.insert(target.dead_letter_errors, true);
-    Stored { rows: stored, dead_letters, duplicates: batch.len() as i32 - stored - dead_letters }
+    let dead_letters = dead.insert(target.dead_letter_errors);
+    Stored { rows: stored, dead_letters, duplicates: batch.len() as i32 - stored - dead_letters, deferred: 0 }
+}
+
+/// Enters the ids of `batch` in the ledger; those that were not there yet. A row or dead letter
+/// is written only for these, in the same transaction: exactly once, whoever received it.
+pub(super) fn enter_ledger<'a>(batch: impl IntoIterator<Item = &'a Received>) -> Result<HashSet<&'a str>, Deferred> {
+    let ids: Vec<&str> = batch.into_iter().map(|m| m.message_id.as_str()).collect();
+    // Ids seen before are rare (redeliveries): a plain INSERT, undone when one of them violates
+    // the key, costs less than ON CONFLICT's probe of the key before every insert and the
+    // second WAL record of each speculative insertion.
+    let plain = subtransaction(|| {
+        update(
+            "INSERT INTO sqs_ingest.processed_messages (message_id) SELECT unnest($1::text[])",
+            &[ids.as_slice().into()],
+        )
+    });
+    let new = match plain {
+        Ok(_) => return Ok(ids.into_iter().collect()),
+        Err(error) if has_code(&error, PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION) => subtransaction(|| {
+            let sql = "INSERT INTO sqs_ingest.processed_messages (message_id) SELECT unnest($1::text[])
+                       ON CONFLICT DO NOTHING RETURNING message_id";
+            returning(sql, &[ids.as_slice().into()]).into_iter().collect::<HashSet<String>>()
+        }),
+        Err(error) => Err(error),
+    };
+    match new {
+        Ok(new) => Ok(ids.into_iter().filter(|id| new.contains(*id)).collect()),
+        Err(error) if has_code(&error, PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED) => Err(Deferred(Box::new(error))),
+        Err(error) => error.rethrow(),
+    }
+}
+
+/// A batch left in the queue: entering it in the ledger deadlocked with another transaction
+/// entering some of the same ids (a message SQS delivered twice, to both), which holds others
+/// of them. Its entries were undone, which lets the other go on; it is neither stored nor
+/// deleted, so SQS delivers it again after the visibility timeout, and the ledger then tells
+/// which of its messages the other transaction ingested.
+pub(super) struct Deferred(Box<CaughtError>);
+
+impl Deferred {
+    /// Raises the deadlock, where the batch cannot be left for later (retry_dead_letters).
+    pub(super) fn raise(self) -> ! {
+        (*self.0).rethrow()
+    }
+}
+
+fn has_code(error: &CaughtError, code: PgSqlErrorCode) -> bool {
+    match error {
+        CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e.sql_error_code() == code,
+        CaughtError::RustPanic { .. } => false,
+    }
 }
 
 /// Keeps the originals of the rows' masked values, sealed, in the vault (when recovery is on),
@@ -65,7 +120,8 @@ fn seal(rows: &[Row]) {
 /// inserted and the ids of the messages that are dead letters again, whose dead letters get
 /// their new reason and error, and their ledger entries back.
 pub fn restore(target: &Target, batch: &[Received], envelope: Envelope) -> (i32, Vec<String>) {
-    let (rows, mut dead) = parse(target, batch, envelope, &Masker::AlreadyMasked, None);
+    let fresh = enter_ledger(batch).unwrap_or_else(|d| d.raise());
+    let (rows, mut dead) = parse(target, batch, &fresh, envelope, &Masker::AlreadyMasked, None);
     let stored =
         insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, &Masker::AlreadyMasked);
     let again = dead.message_id.clone();
@@ -73,11 +129,13 @@ pub fn restore(target: &Target, batch: &[Received], envelope: Envelope) -> (i32,
     (stored, again)
 }
 
-/// The batch's valid messages as rows, the others as dead letters; a message id given twice
-/// is taken once. A body in an envelope (SNS, EventBridge) is the login its envelope holds.
+/// The valid messages of the batch whose ids are `fresh` as rows, the others as dead letters; a
+/// message id given twice is taken once. A body in an envelope (SNS, EventBridge) is the login
+/// its envelope holds.
 fn parse<'a>(
     target: &Target,
     batch: &'a [Received],
+    fresh: &HashSet<&str>,
     envelope: Envelope,
     masker: &Masker,
     sealer: Option<&Sealer>,
@@ -85,7 +143,7 @@ fn parse<'a>(
     let mut rows = Vec::with_capacity(batch.len());
     let mut dead = DeadLetters::new(&target.table, TABLE, None);
     let mut seen = HashSet::with_capacity(batch.len());
-    for m in batch.iter().filter(|m| seen.insert(m.message_id.as_str())) {
+    for m in batch.iter().filter(|m| fresh.contains(m.message_id.as_str()) && seen.insert(m.message_id.as_str())) {
         let row = envelope::open(&m.body, envelope).and_then(|opened| {
             let payload = opened.as_ref().map_or(m.body.as_str(), |o| o.payload.as_str());
             message::parse(payload, &target.columns).map(|login| Row::new(m, login, masker, sealer))
@@ -154,6 +212,8 @@ pub struct Stored {
     pub rows: i32,
     pub dead_letters: i32,
     pub duplicates: i32,
+    /// Messages left in the queue for later (see [`Deferred`]).
+    pub deferred: i32,
 }
 
 impl std::ops::AddAssign for Stored {
@@ -161,6 +221,7 @@ impl std::ops::AddAssign for Stored {
         self.rows += other.rows;
         self.dead_letters += other.dead_letters;
         self.duplicates += other.duplicates;
+        self.deferred += other.deferred;
     }
 }
 
@@ -183,20 +244,6 @@ pub fn prune_ledger(retention_seconds: i32) {
 /// extension exists, so its absence is raised.
 pub(super) fn as_extension<R>(body: impl FnOnce() -> R) -> R {
     crate::role::as_extension(body).unwrap_or_else(|| raise(IngestError::NoExtension))
-}
-
-/// A statement that enters the batch's message ids in the ledger and runs `insert` (an
-/// INSERT ... SELECT) over the rows of `batch` whose id was new: a row or dead letter exists iff
-/// its message id entered the ledger in this very statement.
-fn ledgered(batch: &str, insert: &str) -> String {
-    format!(
-        "WITH batch AS ({batch}), fresh AS (
-            INSERT INTO sqs_ingest.processed_messages (message_id)
-            SELECT message_id FROM batch ON CONFLICT DO NOTHING RETURNING message_id
-         )
-         {insert}
-         FROM batch JOIN fresh USING (message_id)"
-    )
 }
 
 /// SQS's SentTimestamp as a timestamptz; NULL when absent or out of range.
@@ -237,9 +284,11 @@ impl<'a> Row<'a> {
     }
 }
 
-/// Inserts `rows` and their ledger entries in one statement; how many rows it inserted.
+/// Inserts `rows` in one statement; how many rows it inserted.
 fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
-    let column = |f: fn(&Row) -> String| -> DatumWithOid { rows.iter().map(f).collect::<Vec<_>>().into() };
+    // Borrowed: the arrays are built from the rows' own strings, not copies of them.
+    let column =
+        |f: for<'r> fn(&'r Row<'_>) -> &'r str| -> DatumWithOid { rows.iter().map(f).collect::<Vec<_>>().into() };
     let (version_type, versions): (&str, DatumWithOid) = match target.columns.app_version {
         AppVersionColumn::Text(_) => (
             "text",
@@ -263,27 +312,21 @@ fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
         ),
     };
     let table = &target.table;
-    let sql = ledgered(
-        &format!(
-            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::{version_type}[], $8::timestamptz[])
-                AS b(message_id, user_id, device_type, masked_ip, masked_device_id, locale,
-                     app_version, sent_at)"
-        ),
-        &format!(
-            "INSERT INTO {table}
-                (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
-             SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,
-                    (coalesce(sent_at, now()) AT TIME ZONE 'UTC')::date"
-        ),
+    let sql = format!(
+        "INSERT INTO {table}
+            (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
+         SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,
+                (coalesce(sent_at, now()) AT TIME ZONE 'UTC')::date
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::{version_type}[], $7::timestamptz[])
+             AS b(user_id, device_type, masked_ip, masked_device_id, locale, app_version, sent_at)"
     );
-    let args: [DatumWithOid; 8] = [
-        column(|r| r.message.message_id.clone()),
-        column(|r| r.user_id.clone()),
-        column(|r| r.device_type.clone()),
-        column(|r| r.masked_ip.clone()),
-        column(|r| r.masked_device_id.clone()),
-        rows.iter().map(|r| r.locale.clone()).collect::<Vec<_>>().into(),
+    let args: [DatumWithOid; 7] = [
+        column(|r| &r.user_id),
+        column(|r| &r.device_type),
+        column(|r| &r.masked_ip),
+        column(|r| &r.masked_device_id),
+        rows.iter().map(|r| r.locale.as_deref()).collect::<Vec<_>>().into(),
         versions,
         rows.iter().map(|r| r.sent_at).collect::<Vec<_>>().into(),
     ];
@@ -384,9 +427,9 @@ impl DeadLetters {
         as_extension(|| update(&sql, &args));
     }
 
-    /// Inserts them; with `ledger`, each with its ledger entry in the same statement, skipping
-    /// those already ingested. `dead_letter_errors`: the table has the refusal's columns (0.2.0).
-    pub(super) fn insert(self, dead_letter_errors: bool, ledger: bool) -> i32 {
+    /// Inserts them; their ledger entries are in already. `dead_letter_errors`: the table has
+    /// the refusal's columns (0.2.0).
+    pub(super) fn insert(self, dead_letter_errors: bool) -> i32 {
         if self.message_id.is_empty() {
             return 0;
         }
@@ -416,15 +459,12 @@ impl DeadLetters {
             }
             None => (String::new(), ""),
         };
-        let batch = format!(
-            "SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[]{types})
-                AS b(message_id, sent_at, receive_count, reason, body{names})"
-        );
-        let insert = format!(
+        let sql = format!(
             "INSERT INTO sqs_ingest.dead_letters (message_id, sent_at, receive_count, reason, body{names}{source_name})
-             SELECT message_id, sent_at, receive_count, reason, body{names}{source_value}"
+             SELECT message_id, sent_at, receive_count, reason, body{names}{source_value}
+             FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[]{types})
+                 AS b(message_id, sent_at, receive_count, reason, body{names})"
         );
-        let sql = if ledger { ledgered(&batch, &insert) } else { format!("{insert} FROM ({batch}) AS batch") };
         update(&sql, &args)
     }
 }

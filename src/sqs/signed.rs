@@ -4,7 +4,6 @@
 use super::error::causes;
 use super::{ClientConfig, SqsError};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4::SigningParams;
 use aws_smithy_async::rt::sleep::TokioSleep;
@@ -25,7 +24,7 @@ const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 pub struct Client {
     connector: Connector,
     credentials: SharedCredentialsProvider,
-    cached: Mutex<Option<Credentials>>,
+    cached: Mutex<Option<Identity>>,
     /// Where requests are posted: the endpoint's root; the body names the queue.
     url: String,
     region: String,
@@ -88,7 +87,7 @@ impl Client {
     /// POSTs `body`, signed, with `headers` besides the signature's: the answer, whatever its
     /// status; an error only when no answer came.
     pub async fn post(&self, headers: &[(&str, &str)], body: String) -> Result<Answer, SqsError> {
-        let identity: Identity = self.credentials().await?.into();
+        let identity = self.identity().await?;
         let params = SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
@@ -114,19 +113,23 @@ impl Client {
         let response = self.connector.call(request).await.map_err(|e| self.unreachable(&e))?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.map_err(|e| self.unreachable(&*e))?.to_bytes();
-        Ok(Answer { status, body: String::from_utf8_lossy(&body).into_owned() })
+        // SQS answers in UTF-8; a stray byte of an emulator's must not lose the rest.
+        let body =
+            String::from_utf8(body.into()).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok(Answer { status, body })
     }
 
-    /// The chain's credentials, kept until shortly before they expire.
-    async fn credentials(&self) -> Result<Credentials, SqsError> {
-        let fresh = |c: &Credentials| c.expiry().is_none_or(|t| t > SystemTime::now() + REFRESH_BEFORE_EXPIRY);
-        if let Some(c) = self.cached.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|c| fresh(c)) {
-            return Ok(c.clone());
+    /// The chain's credentials as the signer's identity, kept until shortly before they expire.
+    async fn identity(&self) -> Result<Identity, SqsError> {
+        let fresh = |i: &Identity| i.expiration().is_none_or(|t| t > SystemTime::now() + REFRESH_BEFORE_EXPIRY);
+        if let Some(i) = self.cached.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|i| fresh(i)) {
+            return Ok(i.clone());
         }
-        let c =
+        let credentials =
             self.credentials.provide_credentials().await.map_err(|e| SqsError::Credentials { detail: causes(&e) })?;
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
-        Ok(c)
+        let identity = Identity::from(credentials);
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(identity.clone());
+        Ok(identity)
     }
 
     fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> SqsError {
