@@ -86,8 +86,9 @@ pub fn run(b: &Bench) -> Vec<Row> {
     let rate = |m: usize| median(runs.iter().map(|r| r[m].rate).collect());
     let per_1000 = |m: usize| median(runs.iter().map(|r| r[m].requests_per_1000).collect());
     let cpu = |m: usize| median(runs.iter().map(|r| r[m].cpu_per_1000).collect());
-    let ratio =
-        |a: usize, over: usize, f: fn(&Run) -> f64| median(runs.iter().map(|r| f(&r[a]) / f(&r[over])).collect());
+    let ratios =
+        |a: usize, over: usize, f: fn(&Run) -> f64| runs.iter().map(|r| f(&r[a]) / f(&r[over])).collect::<Vec<_>>();
+    let ratio = |a: usize, over: usize, f: fn(&Run) -> f64| median(ratios(a, over, f));
     let by_rate = |r: &Run| r.rate;
     let by_cpu = |r: &Run| r.cpu_per_1000;
     let (limit, py, fe, wo, generic) = (0, 1, 2, 3, 4);
@@ -98,24 +99,26 @@ pub fn run(b: &Bench) -> Vec<Row> {
         goal: "",
         met: None,
     }];
+    // Reported, not a goal: on this machine the emulator bounds both (see P3).
     for (m, name) in [(fe, "fetch_login_queue loop"), (wo, "worker")] {
-        let x = ratio(m, py, by_rate);
         rows.push(Row {
             id: "P2",
             what: format!("{name} vs the Python pipeline"),
-            figure: format!("{x:.2}x"),
-            goal: ">= 2x",
-            met: Some(x >= 2.0),
+            figure: format!("{:.2}x", ratio(m, py, by_rate)),
+            goal: "",
+            met: None,
         });
     }
     for (m, name) in [(fe, "fetch_login_queue loop"), (wo, "worker")] {
-        let x = ratio(m, limit, by_rate);
+        let each = ratios(m, limit, by_rate);
+        let lowest = each.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = each.iter().copied().fold(0.0, f64::max);
         rows.push(Row {
             id: "P3",
-            what: format!("{name} vs the emulator's limit"),
-            figure: format!("{x:.2}x"),
-            goal: ">= 0.9x",
-            met: Some(x >= 0.9),
+            what: format!("{name} vs the emulator's limit: median (rounds from lowest to highest)"),
+            figure: format!("{:.2}x ({lowest:.2} to {highest:.2})", median(each)),
+            goal: ">= 0.9x every round",
+            met: Some(lowest >= 0.9),
         });
     }
     rows.push(Row {

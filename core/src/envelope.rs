@@ -70,12 +70,20 @@ pub fn open(body: &str, kind: Envelope) -> Result<Option<Opened>, Rejection> {
             None
         }
     });
+    // Raw values are copied without decoding their escapes: a lone surrogate (\ud800) would make
+    // a payload or envelope that neither serde_json nor jsonb accepts, so such a body is no
+    // envelope (and, for the login source, fails as the body it is).
+    let opened = opened.filter(|o| is_json(&o.payload) && is_json(&o.envelope));
     match (opened, sought) {
         (Some(opened), _) => Ok(Some(opened)),
         (None, Envelope::Sns) => Err(Rejection::NotEnvelope("an SNS notification")),
         (None, Envelope::EventBridge) => Err(Rejection::NotEnvelope("an EventBridge event")),
         (None, _) => Ok(None),
     }
+}
+
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text).is_ok()
 }
 
 /// What `field(key)` says of an object's key: `None` absent, `Some(None)` a value that is not a
@@ -189,6 +197,17 @@ mod tests {
             "[1, 2]",
         ] {
             assert_eq!(open(body, Envelope::Auto), Ok(None), "{body}");
+        }
+    }
+
+    #[test]
+    fn an_escape_no_json_reader_accepts_is_no_envelope() {
+        let in_envelope = SNS.replace("MyTopic", r"MyTopic\ud800");
+        let in_payload = SNS.replace(r#"\"u1\""#, r#"\"u1\\ud800\""#);
+        for body in [in_envelope, in_payload] {
+            assert_ne!(body, SNS);
+            assert_eq!(open(&body, Envelope::Auto), Ok(None), "{body}");
+            assert_eq!(open(&body, Envelope::Sns), Err(Rejection::NotEnvelope("an SNS notification")), "{body}");
         }
     }
 
