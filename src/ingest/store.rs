@@ -85,10 +85,7 @@ impl Deferred {
 }
 
 fn has_code(error: &CaughtError, code: PgSqlErrorCode) -> bool {
-    match error {
-        CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e.sql_error_code() == code,
-        CaughtError::RustPanic { .. } => false,
-    }
+    report(error).is_some_and(|e| e.sql_error_code() == code)
 }
 
 /// Keeps the originals of the rows' masked values, sealed, in the vault (when recovery is on),
@@ -198,10 +195,13 @@ pub(super) fn insert_or_isolate<R>(
 
 /// The error's report when it is about the row's data.
 fn refused(error: &CaughtError) -> Option<&ErrorReportWithLevel> {
+    report(error).filter(|e| refusal::is_about_the_row(&refusal::sqlstate(e.sql_error_code() as i32)))
+}
+
+/// The report of a Postgres ERROR; None for a Rust panic.
+fn report(error: &CaughtError) -> Option<&ErrorReportWithLevel> {
     match error {
-        CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => {
-            refusal::is_about_the_row(&refusal::sqlstate(e.sql_error_code() as i32)).then_some(e)
-        }
+        CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => Some(e),
         CaughtError::RustPanic { .. } => None,
     }
 }
