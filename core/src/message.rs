@@ -292,6 +292,14 @@ pub fn pg_timestamp_from_unix_millis(millis: i64) -> Option<i64> {
     millis.checked_sub(MILLIS_1970_TO_2000)?.checked_mul(1000)
 }
 
+/// Postgres' date (days from 2000-01-01) of a Postgres timestamp in UTC: the `create_date` of a
+/// login, computed here rather than by an expression per row of the INSERT.
+pub fn pg_utc_date(pg_timestamp: i64) -> i32 {
+    const MICROS_PER_DAY: i64 = 86_400_000_000;
+    // A timestamp's range (to 294276 AD) is a few million days: always an i32.
+    pg_timestamp.div_euclid(MICROS_PER_DAY) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,5 +429,15 @@ mod tests {
         assert_eq!(pg_timestamp_from_unix_millis(1_700_000_000_123), Some(753_315_200_123_000)); // 2023-11-14T22:13:20.123Z
         assert_eq!(pg_timestamp_from_unix_millis(i64::MAX), None);
         assert_eq!(pg_timestamp_from_unix_millis(i64::MIN), None);
+    }
+
+    #[test]
+    fn utc_dates_of_timestamps() {
+        assert_eq!(pg_utc_date(0), 0); // 2000-01-01T00:00:00Z
+        assert_eq!(pg_utc_date(86_400_000_000 - 1), 0); // its last microsecond
+        assert_eq!(pg_utc_date(-1), -1); // 1999-12-31T23:59:59.999999Z
+        assert_eq!(pg_utc_date(753_315_200_123_000), 8718); // 2023-11-14: 8718 days after 2000-01-01
+        assert_eq!(pg_utc_date(i64::MAX), 106_751_991);
+        assert_eq!(pg_utc_date(i64::MIN), -106_751_992);
     }
 }

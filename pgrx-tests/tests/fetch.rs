@@ -26,6 +26,13 @@ fn take_home_queue_gives_99_rows_1_dead_letter_and_an_empty_queue() {
     let reason: String = db.query_one("SELECT reason FROM sqs_ingest.dead_letters", &[]).unwrap().get(0);
     assert_eq!(reason, "field \"user_id\" is missing");
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.processed_messages"), 100);
+    // create_date is the UTC date SQS sent the message on (the messages were sent within the
+    // minute around the dead letter's), whatever the session's time zone.
+    db.batch_execute("SET TimeZone = 'Pacific/Kiritimati'").unwrap();
+    let dated = "SELECT count(*) FROM user_logins, sqs_ingest.dead_letters d
+                 WHERE create_date BETWEEN ((d.sent_at - interval '1 minute') AT TIME ZONE 'UTC')::date
+                                       AND ((d.sent_at + interval '1 minute') AT TIME ZONE 'UTC')::date";
+    assert_eq!(count(&mut db, dated), 99);
     assert_eq!(queue.counts(), (0, 0), "everything committed is deleted from the queue");
 
     // The documented lookup: a known IP finds its row through the same masking.

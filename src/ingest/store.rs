@@ -7,7 +7,7 @@ use super::{IngestError, Target};
 use crate::errors::raise;
 use crate::sqs::Received;
 use crate::subxact::{subtransaction, with_setting};
-use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::datum::{Date, DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -260,7 +260,7 @@ struct Row<'a> {
     masked_device_id: String,
     locale: Option<String>,
     app_version: AppVersion<'static>,
-    sent_at: Option<TimestampWithTimeZone>,
+    create_date: Date,
     /// The originals, sealed, when recovery is on (sqs_ingest.recovery_key).
     sealed: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -278,10 +278,20 @@ impl<'a> Row<'a> {
             masked_device_id,
             locale: login.locale.map(|l| l.into_owned()),
             app_version: login.app_version.into_owned(),
-            sent_at: sent_at(m),
+            create_date: create_date(m),
             sealed,
         }
     }
+}
+
+/// The UTC date SQS sent `m` on; the date the transaction began on (`now()`'s) when SQS gave no
+/// SentTimestamp.
+fn create_date(m: &Received) -> Date {
+    let at = sent_at(m).map(pg_sys::TimestampTz::from).unwrap_or_else(|| {
+        // SAFETY: reads the current transaction's start time; ingestion runs in a transaction.
+        unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+    });
+    Date::saturating_from_raw(message::pg_utc_date(at))
 }
 
 /// Inserts `rows` in one statement; how many rows it inserted.
@@ -312,14 +322,13 @@ fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
         ),
     };
     let table = &target.table;
+    // unnest in the select list, not in FROM: FROM would first copy the arrays' elements into a
+    // tuplestore.
     let sql = format!(
         "INSERT INTO {table}
             (user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date)
-         SELECT user_id, device_type, masked_ip, masked_device_id, locale, app_version,
-                (coalesce(sent_at, now()) AT TIME ZONE 'UTC')::date
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::{version_type}[], $7::timestamptz[])
-             AS b(user_id, device_type, masked_ip, masked_device_id, locale, app_version, sent_at)"
+         SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]),
+                unnest($5::text[]), unnest($6::{version_type}[]), unnest($7::date[])"
     );
     let args: [DatumWithOid; 7] = [
         column(|r| &r.user_id),
@@ -328,7 +337,7 @@ fn insert_rows(target: &Target, rows: &[Row]) -> i32 {
         column(|r| &r.masked_device_id),
         rows.iter().map(|r| r.locale.as_deref()).collect::<Vec<_>>().into(),
         versions,
-        rows.iter().map(|r| r.sent_at).collect::<Vec<_>>().into(),
+        rows.iter().map(|r| r.create_date).collect::<Vec<_>>().into(),
     ];
     update(&sql, &args)
 }
