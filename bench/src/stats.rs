@@ -21,12 +21,14 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// User plus system CPU seconds a process has used so far (from /proc/<pid>/stat).
+/// CPU seconds a process's threads have run so far: the scheduler's exact run time of each
+/// (/proc/<pid>/task/*/schedstat, in nanoseconds), not /proc/<pid>/stat's 10 ms ticks, which
+/// are a tenth of a short round's CPU.
 pub fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
+    let nanos: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).expect("a schedstat line"))
+        .sum();
+    nanos as f64 / 1e9
 }

@@ -9,14 +9,15 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::ffi::CString;
 
-/// What an expression sees: one message of the batch, the arguments of the INSERT.
-const MESSAGES: &str = "(SELECT u.message_id, u.body::jsonb AS body, u.sent_at, u.receive_count,
-                                u.attributes::jsonb AS attributes, u.envelope::jsonb AS envelope,
-                                u.group_id, u.sequence_number::numeric AS sequence_number
-                         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int4[], $5::text[],
-                                     $6::text[], $7::text[], $8::text[])
-                             AS u(message_id, body, sent_at, receive_count, attributes, envelope,
-                                  group_id, sequence_number)) AS m";
+/// What an expression sees: one message of the batch, the arguments of the INSERT. unnest in
+/// the select list, not in FROM: FROM would copy the arrays' elements into a tuplestore first,
+/// and a subquery with a set-returning select list is never pulled up into the INSERT, so each
+/// body is parsed as jsonb once however many expressions use it.
+const MESSAGES: &str = "(SELECT unnest($1::text[]) AS message_id, unnest($2::text[])::jsonb AS body,
+                         unnest($3::timestamptz[]) AS sent_at, unnest($4::int4[]) AS receive_count,
+                         unnest($5::text[])::jsonb AS attributes, unnest($6::text[])::jsonb AS envelope,
+                         unnest($7::text[]) AS group_id,
+                         unnest($8::text[])::numeric AS sequence_number) AS m";
 
 /// A source's table and the statement that fills it.
 #[derive(Debug, Clone)]
