@@ -14,8 +14,10 @@ $roles$;
 
 CREATE SCHEMA sqs_ingest;
 
+-- Message ids are opaque: their key compares bytes ("C"), which costs less than the database's
+-- collation and cannot be invalidated by an upgrade of the C library's collation rules.
 CREATE TABLE sqs_ingest.processed_messages (
-    message_id  text PRIMARY KEY,
+    message_id  text COLLATE "C" PRIMARY KEY,
     ingested_at timestamptz NOT NULL DEFAULT now()
 );
 -- Pruning (sqs_ingest.ledger_retention) deletes the oldest entries first.

@@ -93,6 +93,11 @@ fn update_from_0_3_0_keeps_everything_and_equals_a_fresh_install() {
     update_from("0.3.0");
 }
 
+#[test]
+fn update_from_0_4_0_keeps_everything_and_equals_a_fresh_install() {
+    update_from("0.4.0");
+}
+
 fn update_from(release: &str) {
     // CREATE EXTENSION creates cluster-wide roles when missing: one at a time.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -165,6 +170,11 @@ fn update_from(release: &str) {
     assert_eq!(version, current_version(&mut db));
     assert_ne!(version, release);
     assert_eq!(state(&mut db), before, "rows, ledger, dead letters, vault and role memberships survive");
+    // The ledger's key, rebuilt by 0.5.0, still knows every id entered before.
+    let again = db.batch_execute(
+        "INSERT INTO sqs_ingest.processed_messages (message_id) SELECT message_id FROM sqs_ingest.processed_messages",
+    );
+    assert_eq!(again.unwrap_err().code(), Some(&postgres::error::SqlState::UNIQUE_VIOLATION));
     let now = grants(&mut db);
     // Taken on purpose: 0.4.0 narrowed the operator to what ingesting needs.
     let narrowed = [
