@@ -6,6 +6,7 @@ mod errors;
 mod ingest;
 mod keys;
 mod masking;
+mod plans;
 mod recovery;
 mod role;
 mod settings;

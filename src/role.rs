@@ -1,6 +1,7 @@
 //! Runs code as another role, the way Postgres runs a SECURITY DEFINER function or a
 //! maintenance command: a source's expressions as its owner; the writes to the extension's own
 //! tables that its roles may not make themselves as the extension's owner.
+use crate::plans;
 use crate::subxact::with_setting;
 use pgrx::prelude::*;
 
@@ -32,7 +33,9 @@ pub fn run_as<R>(role: pg_sys::Oid, restricted: bool, body: impl FnOnce() -> R) 
 /// created in this database.
 pub fn as_extension<R>(body: impl FnOnce() -> R) -> Option<R> {
     let owner: pg_sys::Oid =
-        Spi::get_one("SELECT extowner FROM pg_extension WHERE extname = 'sqs_ingest'").ok().flatten()?;
+        plans::run("SELECT extowner FROM pg_extension WHERE extname = 'sqs_ingest'", &[], |t| t.first().get_one())
+            .ok()
+            .flatten()?;
     Some(run_as(owner, true, || with_setting(c"search_path", c"pg_catalog, pg_temp", body)))
 }
 

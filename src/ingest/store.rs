@@ -5,20 +5,19 @@
 use super::table::TABLE;
 use super::{IngestError, Target};
 use crate::errors::raise;
+use crate::plans;
 use crate::sqs::Received;
 use crate::subxact::{subtransaction, with_setting};
 use pgrx::datum::{Date, DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{PgOid, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 use sqs_ingest_core::envelope::{self, Envelope};
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::message::{self, AppVersion, AppVersionColumn};
 use sqs_ingest_core::refusal;
 use sqs_ingest_core::vault::Sealer;
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// Enters the batch in the ledger, then inserts the valid messages new to it as rows and the
 /// others as dead letters; ids already in the ledger are skipped, before they are parsed. Rows
@@ -478,37 +477,18 @@ impl DeadLetters {
     }
 }
 
-thread_local! {
-    /// Ingestion's statements, planned once per backend and kept (SPI_keepplan), keyed by their
-    /// text: another table or app_version type is another text. Postgres replans a kept plan by
-    /// itself when a table it uses changes.
-    static PLANS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-}
-
 /// Runs an INSERT or DELETE through its kept plan and returns how many rows it touched. An
 /// ERROR of the statement propagates as it is; an SPI failure is a bug, raised as such.
 pub(super) fn update(sql: &str, args: &[DatumWithOid]) -> i32 {
-    kept(sql, args, |rows| Ok(rows.len() as i32))
+    plans::run(sql, args, |rows| Ok(rows.len() as i32)).unwrap_or_else(spi_failed)
 }
 
 /// Runs an INSERT ... RETURNING of one text column through its kept plan: the values returned.
 pub(super) fn returning(sql: &str, args: &[DatumWithOid]) -> Vec<String> {
-    kept(sql, args, |rows| rows.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect())
+    plans::run(sql, args, |rows| rows.map(|r| r.get::<String>(1).map(Option::unwrap_or_default)).collect())
+        .unwrap_or_else(spi_failed)
 }
 
-fn kept<R>(
-    sql: &str,
-    args: &[DatumWithOid],
-    read: impl FnOnce(pgrx::spi::SpiTupleTable) -> Result<R, pgrx::spi::SpiError>,
-) -> R {
-    Spi::connect_mut(|client| {
-        PLANS.with_borrow_mut(|plans| {
-            if !plans.contains_key(sql) {
-                let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-                plans.insert(sql.to_owned(), client.prepare_mut(sql, &types)?.keep());
-            }
-            read(client.update(&plans[sql], None, args)?)
-        })
-    })
-    .unwrap_or_else(|e| raise(IngestError::Spi { doing: "storing a batch", error: e.to_string() }))
+fn spi_failed<R>(e: pgrx::spi::SpiError) -> R {
+    raise(IngestError::Spi { doing: "storing a batch", error: e.to_string() })
 }

@@ -1,6 +1,6 @@
 //! The table rows go to: `user_logins` in the extension's schema, and what its columns can hold.
 use super::IngestError;
-use pgrx::prelude::*;
+use crate::plans;
 use sqs_ingest_core::masking::MASKED_LEN;
 use sqs_ingest_core::message::{AppVersionColumn, Columns};
 
@@ -29,30 +29,29 @@ enum Shape {
 impl Target {
     pub fn resolve() -> Result<Target, IngestError> {
         // Scalar subqueries: one row, NULLs when the extension is not created here.
-        let (table, version): (Option<String>, Option<String>) = Spi::get_two_with_args(
+        let (table, version): (Option<String>, Option<String>) = plans::run(
             "SELECT (SELECT quote_ident(n.nspname) || '.' || quote_ident($1) FROM pg_extension e \
                      JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'sqs_ingest'), \
                     (SELECT extversion FROM pg_extension WHERE extname = 'sqs_ingest')",
             &[TABLE.into()],
+            |t| t.first().get_two(),
         )
         .map_err(IngestError::spi("finding the extension's schema"))?;
         let table = table.ok_or(IngestError::NoExtension)?;
-        let found: Vec<(String, String, Option<i32>)> = Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT a.attname::text, t.typname::text, \
+        let found: Vec<(String, String, Option<i32>)> = plans::run(
+            "SELECT a.attname::text, t.typname::text, \
                             CASE WHEN t.typname IN ('varchar', 'bpchar') AND a.atttypmod >= 4 \
                                  THEN a.atttypmod - 4 END \
                      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
                      WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                    None,
-                    &[table.as_str().into()],
-                )?
-                .map(|r| {
+            &[table.as_str().into()],
+            |rows| {
+                rows.map(|r| {
                     Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), r.get(3)?))
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-        })
+            },
+        )
         .map_err(IngestError::spi("reading the columns of user_logins"))?;
         if found.is_empty() {
             return Err(IngestError::NoTable(table));

@@ -11,6 +11,7 @@ pub fn allocate() {
 }
 
 use crate::errors::report;
+use crate::plans;
 use crate::settings::Overrides;
 use crate::sqs::Protocol;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -58,9 +59,11 @@ impl Source {
     /// The sources named `name` (every one when None). A database whose extension predates the
     /// catalog (before 0.3.0) has the login source only, as its settings configure it.
     fn select(name: Option<&str>) -> Result<Vec<Source>, SourceError> {
-        let (extension, catalog): (Option<bool>, Option<bool>) = Spi::get_two(
+        let (extension, catalog): (Option<bool>, Option<bool>) = plans::run(
             "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'sqs_ingest'), \
                     to_regclass('sqs_ingest.sources') IS NOT NULL",
+            &[],
+            |t| t.first().get_two(),
         )
         .map_err(SourceError::spi("reading sqs_ingest.sources"))?;
         if extension != Some(true) {
@@ -81,10 +84,8 @@ impl Source {
                 }],
             });
         }
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT name, queue_url, target::oid, columns IS NOT NULL,
+        plans::run(
+            "SELECT name, queue_url, target::oid, columns IS NOT NULL,
                             ARRAY(SELECT key FROM jsonb_each_text(columns) ORDER BY key),
                             ARRAY(SELECT value FROM jsonb_each_text(columns) ORDER BY key),
                             enabled, owner::oid, wait_seconds, visibility_timeout,
@@ -92,10 +93,9 @@ impl Source {
                             -- envelope from 0.4.0 on; a database not yet updated has none
                             to_jsonb(s) ->> 'envelope'
                      FROM sqs_ingest.sources s WHERE $1::text IS NULL OR name = $1 ORDER BY name",
-                    None,
-                    &[name.into()],
-                )?
-                .map(|r| {
+            &[name.into()],
+            |rows| {
+                rows.map(|r| {
                     let mapped: bool = r.get(4)?.unwrap_or(false);
                     let keys: Vec<String> = r.get(5)?.unwrap_or_default();
                     let values: Vec<String> = r.get(6)?.unwrap_or_default();
@@ -121,7 +121,8 @@ impl Source {
                     })
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-        })
+            },
+        )
         .map_err(SourceError::spi("reading sqs_ingest.sources"))
     }
 }
