@@ -1,6 +1,7 @@
 //! A source's mapping: the one INSERT ... SELECT that turns a batch of its messages into rows
 //! of its table, and the check that Postgres accepts it, run when the source is created or altered.
 use super::{Source, SourceError};
+use crate::plans;
 use crate::role;
 use crate::subxact::{subtransaction, with_setting};
 use pgrx::datum::DatumWithOid;
@@ -45,22 +46,22 @@ impl Mapping {
     /// The mapping of `source` (not the login source), on its table as it is now.
     pub fn resolve(source: &Source) -> Result<Mapping, SourceError> {
         let oid = source.target.expect("a mapped source has a target");
-        let found = Spi::connect(|client| {
-            let row = client
-                .select(
-                    "SELECT format('%I.%I', n.nspname, c.relname), c.relname::text, c.relkind::text,
-                            (SELECT quote_ident(x.nspname) FROM pg_extension e
-                             JOIN pg_namespace x ON x.oid = e.extnamespace WHERE e.extname = 'sqs_ingest')
-                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-                    None,
-                    &[oid.into()],
-                )?
-                .first();
-            Ok::<_, pgrx::spi::SpiError>(match row.get::<String>(1) {
-                Ok(Some(table)) => Some((table, row.get::<String>(2)?, row.get::<String>(3)?, row.get::<String>(4)?)),
-                _ => None,
-            })
-        })
+        let found = plans::run(
+            "SELECT format('%I.%I', n.nspname, c.relname), c.relname::text, c.relkind::text,
+                    (SELECT quote_ident(x.nspname) FROM pg_extension e
+                     JOIN pg_namespace x ON x.oid = e.extnamespace WHERE e.extname = 'sqs_ingest')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[oid.into()],
+            |rows| {
+                let row = rows.first();
+                Ok(match row.get::<String>(1) {
+                    Ok(Some(table)) => {
+                        Some((table, row.get::<String>(2)?, row.get::<String>(3)?, row.get::<String>(4)?))
+                    }
+                    _ => None,
+                })
+            },
+        )
         .map_err(SourceError::spi("finding the source's table"))?;
         let (table, relation, kind, schema) = found
             .ok_or_else(|| SourceError::NotATable(format!("the table of source \"{}\" (dropped?)", source.name)))?;
@@ -160,18 +161,15 @@ impl Mapping {
 }
 
 fn table_columns(oid: pg_sys::Oid) -> Result<Vec<Column>, SourceError> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT a.attname::text, a.attgenerated <> '' OR a.attidentity <> '',
-                        pg_get_expr(d.adbin, d.adrelid)
-                 FROM pg_attribute a
-                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                None,
-                &[oid.into()],
-            )?
-            .map(|r| {
+    plans::run(
+        "SELECT a.attname::text, a.attgenerated <> '' OR a.attidentity <> '',
+                pg_get_expr(d.adbin, d.adrelid)
+         FROM pg_attribute a
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        &[oid.into()],
+        |rows| {
+            rows.map(|r| {
                 Ok(Column {
                     name: r.get(1)?.unwrap_or_default(),
                     computed: r.get(2)?.unwrap_or(false),
@@ -179,7 +177,8 @@ fn table_columns(oid: pg_sys::Oid) -> Result<Vec<Column>, SourceError> {
                 })
             })
             .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-    })
+        },
+    )
     .map_err(SourceError::spi("reading the columns of the source's table"))
 }
 
