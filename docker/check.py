@@ -78,7 +78,10 @@ copied = [p.replace("${PG_MAJOR}", "15") for p in re.findall(r"^COPY --from=buil
 check("the final stage copies the packaged library and extension files", len(copied) == 2)
 for path in copied:
     check(f"the package holds {path}", any((package / path).iterdir()) if (package / path).is_dir() else False)
-check("the final stage installs pg_cron of its major", '"postgresql-${PG_MAJOR}-cron"' in dockerfile)
+final_stage = dockerfile.split("\nFROM ")[-1]
+check("the final stage installs pg_cron of its major", '"postgresql-${PG_MAJOR}-cron"' in final_stage)
+# The postgres image has no CA certificates; without them SQS's TLS certificate is refused.
+check("the final stage installs the CA certificates", re.search(r"apt-get install [^\n]*\bca-certificates\b", final_stage))
 check("both libraries are preloaded", "shared_preload_libraries = 'sqs_ingest,pg_cron'" in dockerfile)
 check("the image runs as postgres", re.search(r"^USER postgres$", dockerfile, re.M))
 check("the image's entrypoint installs the key, then runs the official one", 'ENTRYPOINT ["sqs-ingest-entrypoint.sh"]' in dockerfile and 'CMD ["postgres"]' in dockerfile)

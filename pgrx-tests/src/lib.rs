@@ -54,9 +54,24 @@ pub fn free_port() -> u16 {
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    wait_for(what, limit, &mut condition, |held| *held);
+}
+
+/// Polls `observe` every 20 ms until `done` holds for what it saw, and returns that; panics
+/// with `what` and what it saw last after `limit`.
+pub fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut observe: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
     let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+    loop {
+        let seen = observe();
+        if done(&seen) {
+            return seen;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}; last seen: {seen:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

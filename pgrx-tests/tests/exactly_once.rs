@@ -2,7 +2,7 @@
 use postgres::Client;
 use sqs_ingest_it::fault::{Deletes, FaultEndpoint};
 use sqs_ingest_it::logins::{field, take_home_like, valid, with_field};
-use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_until, Emulator, WAIT};
+use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_for, wait_until, Emulator, WAIT};
 use std::process::Command;
 
 fn set(db: &mut Client, setting: &str, value: &str) {
@@ -73,12 +73,20 @@ fn redelivered_after(emulator: &Emulator, mode: Deletes, name: &str, warning: &s
     notices.lock().unwrap().clear();
 
     proxy.deletes(Deletes::Relayed);
-    wait_until("the undeleted messages to come back", WAIT, || queue.counts() == (20, 0));
+    // Back after their visibility timeout, all but those of a delete the endpoint took in while
+    // failing and handled only once it had recovered, as a request in flight at the end of a
+    // real outage reaches SQS (seen on a slow build): what was answered with an error comes back.
+    let (back, _) = wait_for(
+        "the undeleted messages to come back (visible, in flight)",
+        WAIT,
+        || queue.counts(),
+        |&(visible, in_flight)| visible > 0 && in_flight == 0,
+    );
     assert_eq!(fetch(&mut db, 100), 0, "redeliveries make no second row");
     let said = notices.lock().unwrap().clone();
     assert_eq!(said.len(), 1, "{said:?}");
     assert_eq!(number_before(&said[0], " rows inserted"), Some(0), "{said:?}");
-    assert!(number_before(&said[0], " already ingested and skipped").is_some_and(|n| n >= 20), "{said:?}");
+    assert!(number_before(&said[0], " already ingested and skipped").is_some_and(|n| n as u64 >= back), "{said:?}");
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 20);
     assert_eq!(count(&mut db, "SELECT count(DISTINCT user_id) FROM user_logins"), 20);
     assert_eq!(queue.counts(), (0, 0), "the redelivered messages are deleted this time");

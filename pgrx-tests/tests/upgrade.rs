@@ -98,9 +98,10 @@ fn update_from_0_4_0_keeps_everything_and_equals_a_fresh_install() {
     update_from("0.4.0");
 }
 
+/// CREATE EXTENSION creates cluster-wide roles when missing: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn update_from(release: &str) {
-    // CREATE EXTENSION creates cluster-wide roles when missing: one at a time.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     install_release(release);
     let tag = release.replace('.', "_");
@@ -219,4 +220,41 @@ fn update_from(release: &str) {
             .collect();
         panic!("the updated schema differs from a fresh install's:\n{}", diff.join("\n"));
     }
+}
+
+/// A view of the user's over the ledger's ids (a monitoring query kept as a view) stops the
+/// update to 0.5.0, which changes their collation, with a hint and before anything changed;
+/// without it the update goes through and the view can be created again.
+#[test]
+fn a_view_over_the_ledger_ids_stops_the_update_to_0_5_0_with_a_hint() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    install_release("0.4.0");
+    let mut admin = cluster().connect("postgres");
+    admin.batch_execute("DROP DATABASE IF EXISTS ledger_view").unwrap();
+    admin.batch_execute("CREATE DATABASE ledger_view").unwrap();
+    let mut db = cluster().connect("ledger_view");
+    db.batch_execute("CREATE EXTENSION sqs_ingest VERSION '0.4.0'").unwrap();
+    db.batch_execute(
+        "INSERT INTO sqs_ingest.processed_messages (message_id) VALUES ('m-1');
+         CREATE VIEW recent_ids AS SELECT message_id FROM sqs_ingest.processed_messages
+             WHERE ingested_at > now() - interval '1 hour'",
+    )
+    .unwrap();
+
+    let err = db.batch_execute("ALTER EXTENSION sqs_ingest UPDATE TO '0.5.0'").unwrap_err();
+    let e = err.as_db_error().expect("an ERROR");
+    assert_eq!(e.code(), &postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+    assert!(e.message().contains("recent_ids"), "{}", e.message());
+    assert!(e.hint().is_some_and(|h| h.contains("ALTER EXTENSION sqs_ingest UPDATE")), "{:?}", e.hint());
+    let version: String =
+        db.query_one("SELECT extversion FROM pg_extension WHERE extname = 'sqs_ingest'", &[]).unwrap().get(0);
+    assert_eq!(version, "0.4.0", "nothing changed");
+
+    db.batch_execute("DROP VIEW recent_ids; ALTER EXTENSION sqs_ingest UPDATE TO '0.5.0'").unwrap();
+    db.batch_execute(
+        "CREATE VIEW recent_ids AS SELECT message_id FROM sqs_ingest.processed_messages
+             WHERE ingested_at > now() - interval '1 hour'",
+    )
+    .unwrap();
+    assert_eq!(count(&mut db, "SELECT count(*) FROM recent_ids"), 1, "the ledger kept its entry");
 }

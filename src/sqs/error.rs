@@ -10,6 +10,9 @@ pub enum SqsError {
     Credentials { detail: String },
     /// The request did not complete: connection refused, reset, timed out, bad response.
     Unreachable { target: String, detail: String },
+    /// The endpoint's TLS certificate was refused: its issuer is not among the CA
+    /// certificates this server trusts (`trusted` of them; none when the system has no store).
+    Untrusted { target: String, detail: String, trusted: usize },
     /// SQS answered with an error (no such queue, access denied, ...).
     Service { target: String, code: String, message: String },
     /// A JSON request was answered with a Query protocol error document: the endpoint speaks
@@ -22,6 +25,9 @@ impl fmt::Display for SqsError {
         match self {
             SqsError::Credentials { detail } => write!(f, "no AWS credentials found: {detail}"),
             SqsError::Unreachable { target, detail } => write!(f, "could not reach {target}: {detail}"),
+            SqsError::Untrusted { target, detail, .. } => {
+                write!(f, "the TLS certificate of {target} is not trusted by this server: {detail}")
+            }
             SqsError::Service { target, code, message } if message.is_empty() => write!(f, "{target} answered {code}"),
             SqsError::Service { target, code, message } => write!(f, "{target} answered {code}: {message}"),
             SqsError::QueryOnly { target, code, message } => write!(
@@ -49,7 +55,7 @@ impl SqsError {
         match self {
             SqsError::Unreachable { .. } => true,
             SqsError::Service { code, .. } => code.starts_with("HTTP 5") || TRANSIENT_CODES.contains(&code.as_str()),
-            SqsError::Credentials { .. } | SqsError::QueryOnly { .. } => false,
+            SqsError::Credentials { .. } | SqsError::Untrusted { .. } | SqsError::QueryOnly { .. } => false,
         }
     }
 
@@ -58,6 +64,7 @@ impl SqsError {
         match self {
             SqsError::Credentials { .. } => "no AWS credentials".to_owned(),
             SqsError::Unreachable { target, .. } => format!("could not reach {target}"),
+            SqsError::Untrusted { target, .. } => format!("the TLS certificate of {target} is not trusted"),
             SqsError::Service { target, code, .. } => format!("{target} answered {code}"),
             SqsError::QueryOnly { target, .. } => format!("{target} speaks only the Query protocol"),
         }
@@ -67,6 +74,14 @@ impl SqsError {
 impl From<SqsError> for ErrorReport {
     fn from(e: SqsError) -> Self {
         let (code, hint) = match e {
+            SqsError::Untrusted { trusted: 0, .. } => (
+                PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                "This server has no CA certificates to check it against: install the system's (Debian, Ubuntu: apt-get install ca-certificates; RHEL: dnf install ca-certificates), or name a PEM bundle in SSL_CERT_FILE in the postmaster's environment; then restart PostgreSQL. Nothing was received, so nothing is lost.",
+            ),
+            SqsError::Untrusted { .. } => (
+                PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                "Its issuer is not among the CA certificates this server trusts (the system's store, or SSL_CERT_FILE and SSL_CERT_DIR in the postmaster's environment): add it there and restart PostgreSQL. Nothing was received, so nothing is lost.",
+            ),
             SqsError::Credentials { .. } => (
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
                 "Give the server AWS credentials through the standard chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the postmaster's environment, ~/.aws/credentials of the postgres OS user, web identity, or an instance/container role.",

@@ -291,6 +291,12 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
             return Ok(connection.clone());
         }
     }
+    // Over TLS without a single CA certificate every request would fail the same way: said once,
+    // before anything is sent.
+    if config.endpoint.as_deref().is_none_or(|e| e.starts_with("https://")) && signed::trusted_certificates() == 0 {
+        let detail = "no CA certificates found on this server".to_owned();
+        return Err(SqsError::Untrusted { target: config.target(), detail, trusted: 0 });
+    }
     let credentials = credentials(config).await?;
     let connection = Arc::new(Connection {
         http: signed::Client::new(config, credentials),

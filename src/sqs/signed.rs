@@ -61,6 +61,12 @@ impl Answer {
     }
 }
 
+/// How many CA certificates the connector finds to trust, as it finds them: the system's store,
+/// or SSL_CERT_FILE and SSL_CERT_DIR instead when either is set in the environment.
+pub fn trusted_certificates() -> usize {
+    rustls_native_certs::load_native_certs().certs.len()
+}
+
 impl Client {
     pub fn new(config: &ClientConfig, credentials: SharedCredentialsProvider) -> Client {
         let settings = HttpConnectorSettings::builder().connect_timeout(config.connect_timeout).build();
@@ -133,7 +139,13 @@ impl Client {
     }
 
     fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> SqsError {
-        SqsError::Unreachable { target: self.target.clone(), detail: causes(e) }
+        let detail = causes(e);
+        // rustls says so when it refuses the endpoint's certificate: no retry will help, and the
+        // fix is on this server, not at the endpoint.
+        if detail.contains("invalid peer certificate") {
+            return SqsError::Untrusted { target: self.target.clone(), detail, trusted: trusted_certificates() };
+        }
+        SqsError::Unreachable { target: self.target.clone(), detail }
     }
 
     /// An answer that could not be read as the protocol's document.
