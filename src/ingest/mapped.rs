@@ -1,7 +1,7 @@
-//! Writes one batch of a mapped source: ledger entries first, as the caller; then the rows,
-//! through the source's INSERT as its owner, each body out of its envelope; bodies that are not
-//! JSON objects and rows the table or an expression refuses as dead letters that name the source.
-use super::store::{enter_ledger, insert_or_isolate, sent_at, update, DeadLetters, Deferred, Stored};
+//! Writes one batch of a mapped source, its ledger entries in already: the rows through the
+//! source's INSERT as its owner, each body out of its envelope; bodies that are not JSON objects
+//! and rows the table or an expression refuses as dead letters that name the source.
+use super::store::{insert_or_isolate, sent_at, update, DeadLetters, Stored};
 use crate::source::mapping::Mapping;
 use crate::sqs::Received;
 use pgrx::datum::DatumWithOid;
@@ -10,39 +10,43 @@ use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::message;
 use std::collections::HashSet;
 
-/// Stores a batch received from `source`. Bodies are kept as they came in its dead letters:
-/// only the login source knows which fields are personal, and a retry must see the original.
-pub fn store(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope) -> Stored {
-    match write(mapping, source, batch, envelope) {
-        Ok((stored, dead, duplicates)) => {
-            let dead_letters = dead.insert(true);
-            Stored { rows: stored, dead_letters, duplicates, deferred: 0 }
-        }
-        Err(_) => Stored { deferred: batch.len() as i32, ..Stored::default() },
-    }
+/// Stores a batch received from `source` whose ids new to the ledger are `fresh`. Bodies are
+/// kept as they came in its dead letters: only the login source knows which fields are
+/// personal, and a retry must see the original.
+pub fn store(mapping: &Mapping, source: &str, batch: &[Received], fresh: &HashSet<&str>, envelope: Envelope) -> Stored {
+    let (stored, dead, duplicates) = write(mapping, source, batch, fresh, envelope);
+    let dead_letters = dead.insert(true);
+    Stored { rows: stored, dead_letters, duplicates, deferred: 0 }
 }
 
-/// Stores the kept bodies of dead letters again (retry_dead_letters), their ledger entries
-/// removed first: the rows inserted, and the ids of the messages that are dead letters again,
-/// whose dead letters get their new reason and error, and their ledger entries back.
-pub fn restore(mapping: &Mapping, source: &str, batch: &[Received], envelope: Envelope) -> (i32, Vec<String>) {
-    let (stored, dead, _) = write(mapping, source, batch, envelope).unwrap_or_else(|d| d.raise());
+/// Stores the kept bodies of dead letters again (retry_dead_letters), those whose ids are
+/// `fresh` entered in the ledger again: the rows inserted, and the ids of the messages that are
+/// dead letters again, whose dead letters get their new reason and error, and their ledger
+/// entries back.
+pub fn restore(
+    mapping: &Mapping,
+    source: &str,
+    batch: &[Received],
+    fresh: &HashSet<&str>,
+    envelope: Envelope,
+) -> (i32, Vec<String>) {
+    let (stored, dead, _) = write(mapping, source, batch, fresh, envelope);
     let again = dead.message_ids().to_vec();
     dead.update(true);
     (stored, again)
 }
 
-/// Enters the batch in the ledger and inserts the rows of those new to it: the rows inserted,
-/// the dead letters to write, and how many were ingested before; or the batch left for later.
+/// Inserts the rows of the messages whose ids are `fresh`: the rows inserted, the dead letters
+/// to write, and how many were ingested before.
 fn write(
     mapping: &Mapping,
     source: &str,
     batch: &[Received],
+    fresh: &HashSet<&str>,
     envelope: Envelope,
-) -> Result<(i32, DeadLetters, i32), Deferred> {
+) -> (i32, DeadLetters, i32) {
     let mut seen = HashSet::with_capacity(batch.len());
     let batch: Vec<&Received> = batch.iter().filter(|m| seen.insert(m.message_id.as_str())).collect();
-    let fresh = enter_ledger(batch.iter().copied())?;
     let mut rows = Vec::with_capacity(fresh.len());
     let mut dead = DeadLetters::new(&mapping.table, &mapping.relation, Some(source));
     let as_is = Masker::AlreadyMasked;
@@ -57,7 +61,7 @@ fn write(
         }
     }
     let inserted = insert_or_isolate(&rows, |r| r.message, |rows| insert(mapping, rows), &mut dead, &as_is);
-    Ok((inserted, dead, (batch.len() - fresh.len()) as i32))
+    (inserted, dead, (batch.len() - fresh.len()) as i32)
 }
 
 /// A message to insert, out of its envelope when it had one.

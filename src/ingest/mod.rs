@@ -48,22 +48,29 @@ impl Sink {
         Ok(Sink { envelope: source.envelope, rows })
     }
 
-    /// Stores a batch received from `source` in the current transaction.
+    /// Stores a batch received from `source` in the current transaction: its ids enter the
+    /// ledger first, and only the messages new to it become rows or dead letters. A batch whose
+    /// ledger entries deadlocked is left in the queue (see [`store::Deferred`]).
     fn store(&self, source: &str, settings: &FetchSettings, received: &[Received]) -> Stored {
+        let Ok(fresh) = store::enter_ledger(received) else {
+            return Stored { deferred: received.len() as i32, ..Stored::default() };
+        };
         match &self.rows {
             Rows::Login(target) => {
-                store::store(target, received, self.envelope, &settings.masker, settings.sealer.as_ref())
+                store::store(target, received, &fresh, self.envelope, &settings.masker, settings.sealer.as_ref())
             }
-            Rows::Mapped(mapping) => mapped::store(mapping, source, received, self.envelope),
+            Rows::Mapped(mapping) => mapped::store(mapping, source, received, &fresh, self.envelope),
         }
     }
 
-    /// Stores kept dead letters of `source` again (retry_dead_letters): the rows inserted and
-    /// the ids of the messages that are dead letters again.
+    /// Stores kept dead letters of `source` again (retry_dead_letters), their ledger entries
+    /// removed first: the rows inserted and the ids of the messages that are dead letters
+    /// again. A deadlock is raised: retrying cannot leave a batch for later.
     fn restore(&self, source: &str, batch: &[Received]) -> (i32, Vec<String>) {
+        let fresh = store::enter_ledger(batch).unwrap_or_else(|d| d.raise());
         match &self.rows {
-            Rows::Login(target) => store::restore(target, batch, self.envelope),
-            Rows::Mapped(mapping) => mapped::restore(mapping, source, batch, self.envelope),
+            Rows::Login(target) => store::restore(target, batch, &fresh, self.envelope),
+            Rows::Mapped(mapping) => mapped::restore(mapping, source, batch, &fresh, self.envelope),
         }
     }
 }

@@ -19,21 +19,19 @@ use sqs_ingest_core::refusal;
 use sqs_ingest_core::vault::Sealer;
 use std::collections::HashSet;
 
-/// Enters the batch in the ledger, then inserts the valid messages new to it as rows and the
-/// others as dead letters; ids already in the ledger are skipped, before they are parsed. Rows
-/// are validated against the columns first; what the table itself refuses is found row by row
-/// (see [`insert_or_isolate`]).
+/// Inserts the valid messages of the batch whose ids are `fresh` (new to the ledger) as rows
+/// and the others as dead letters; ids already in the ledger are skipped, before they are
+/// parsed. Rows are validated against the columns first; what the table itself refuses is found
+/// row by row (see [`insert_or_isolate`]).
 pub fn store(
     target: &Target,
     batch: &[Received],
+    fresh: &HashSet<&str>,
     envelope: Envelope,
     masker: &Masker,
     sealer: Option<&Sealer>,
 ) -> Stored {
-    let Ok(fresh) = enter_ledger(batch) else {
-        return Stored { deferred: batch.len() as i32, ..Stored::default() };
-    };
-    let (rows, mut dead) = parse(target, batch, &fresh, envelope, masker, sealer);
+    let (rows, mut dead) = parse(target, batch, fresh, envelope, masker, sealer);
     seal(&rows);
     let stored = insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, masker);
     let dead_letters = dead.insert(target.dead_letter_errors);
@@ -42,8 +40,8 @@ pub fn store(
 
 /// Enters the ids of `batch` in the ledger; those that were not there yet. A row or dead letter
 /// is written only for these, in the same transaction: exactly once, whoever received it.
-pub(super) fn enter_ledger<'a>(batch: impl IntoIterator<Item = &'a Received>) -> Result<HashSet<&'a str>, Deferred> {
-    let ids: Vec<&str> = batch.into_iter().map(|m| m.message_id.as_str()).collect();
+pub(super) fn enter_ledger(batch: &[Received]) -> Result<HashSet<&str>, Deferred> {
+    let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
     // Ids seen before are rare (redeliveries): a plain INSERT, undone when one of them violates
     // the key, costs less than ON CONFLICT's probe of the key before every insert and the
     // second WAL record of each speculative insertion.
@@ -112,12 +110,11 @@ fn seal(rows: &[Row]) {
 }
 
 /// Stores the kept bodies of dead letters again (retry_dead_letters), whose ip and device_id
-/// were masked when they were kept; their ledger entries were removed first. Returns the rows
-/// inserted and the ids of the messages that are dead letters again, whose dead letters get
-/// their new reason and error, and their ledger entries back.
-pub fn restore(target: &Target, batch: &[Received], envelope: Envelope) -> (i32, Vec<String>) {
-    let fresh = enter_ledger(batch).unwrap_or_else(|d| d.raise());
-    let (rows, mut dead) = parse(target, batch, &fresh, envelope, &Masker::AlreadyMasked, None);
+/// were masked when they were kept; those whose ids are `fresh` were entered in the ledger
+/// again. Returns the rows inserted and the ids of the messages that are dead letters again,
+/// whose dead letters get their new reason and error, and their ledger entries back.
+pub fn restore(target: &Target, batch: &[Received], fresh: &HashSet<&str>, envelope: Envelope) -> (i32, Vec<String>) {
+    let (rows, mut dead) = parse(target, batch, fresh, envelope, &Masker::AlreadyMasked, None);
     let stored =
         insert_or_isolate(&rows, |r| r.message, |rows| insert_rows(target, rows), &mut dead, &Masker::AlreadyMasked);
     let again = dead.message_id.clone();
