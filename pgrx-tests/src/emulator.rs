@@ -160,10 +160,8 @@ impl Emulator {
     /// receives too; increasing sequence numbers), which moto's server does not.
     pub fn shared_localstack() -> &'static Emulator {
         shared_in(&SHARED_LOCALSTACK, || {
-            let venv =
-                std::env::var("SQS_INGEST_LOCALSTACK_VENV").expect("SQS_INGEST_LOCALSTACK_VENV (scripts/env.sh)");
             let log = std::env::temp_dir().join(format!("sqs_ingest-it-localstack-{}.log", std::process::id()));
-            Emulator::localstack(Path::new(&venv), &log)
+            Emulator::localstack(&crate::localstack_venv(), &log)
         })
     }
 

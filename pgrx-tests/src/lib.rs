@@ -133,6 +133,11 @@ pub fn query_venv() -> std::path::PathBuf {
     venv_at("SQS_INGEST_QUERY_VENV", "query-venv")
 }
 
+/// Where bench/setup.sh put LocalStack's venv (scripts/env.sh names it; test.sh installs it).
+pub fn localstack_venv() -> std::path::PathBuf {
+    std::env::var_os("SQS_INGEST_LOCALSTACK_VENV").expect("SQS_INGEST_LOCALSTACK_VENV (scripts/env.sh)").into()
+}
+
 fn venv_at(variable: &str, default: &str) -> std::path::PathBuf {
     match std::env::var_os(variable) {
         Some(v) => v.into(),

@@ -7,14 +7,13 @@ use postgres::error::SqlState;
 use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
-use sqs_ingest_it::{count, fetch, key_file, point_at, wait_until, Cluster, Emulator, WAIT};
+use sqs_ingest_it::{count, fetch, key_file, localstack_venv, point_at, wait_until, Cluster, Emulator, WAIT};
 use std::path::PathBuf;
 use std::process::Command;
 
 /// What a Python script printed, run by LocalStack's venv (which has `cryptography`).
 fn python(script: &str) -> String {
-    let venv = std::env::var("SQS_INGEST_LOCALSTACK_VENV").expect("SQS_INGEST_LOCALSTACK_VENV (scripts/env.sh)");
-    let out = Command::new(PathBuf::from(venv).join("bin/python")).args(["-c", script]).output().unwrap();
+    let out = Command::new(localstack_venv().join("bin/python")).args(["-c", script]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
