@@ -9,7 +9,7 @@ seconds=${1:-60}
 export RUSTC_BOOTSTRAP=1
 # Its own target dir: sanitizer builds must not mix with the workspace's.
 export CARGO_TARGET_DIR=$SQS_INGEST_CACHE/fuzz-target
-for target in parse_message encode_version query_answer; do
+for target in parse_message encode_version query_answer http_answer; do
   corpus=$(mktemp -d)
   echo "==> cargo fuzz run $target for ${seconds}s"
   log=$(mktemp)

@@ -3,6 +3,7 @@
 //! runtime, driven in short slices so that Postgres interrupts are honoured while waiting.
 mod attempt;
 mod error;
+mod http;
 mod json;
 mod query;
 mod signed;
@@ -291,15 +292,16 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
             return Ok(connection.clone());
         }
     }
-    // Over TLS without a single CA certificate every request would fail the same way: said once,
-    // before anything is sent.
-    if config.endpoint.as_deref().is_none_or(|e| e.starts_with("https://")) && signed::trusted_certificates() == 0 {
-        let detail = "no CA certificates found on this server".to_owned();
-        return Err(SqsError::Untrusted { target: config.target(), detail, trusted: 0 });
-    }
+    let url = match &config.endpoint {
+        Some(endpoint) => format!("{}/", endpoint.trim_end_matches('/')),
+        None if config.region.starts_with("cn-") => format!("https://sqs.{}.amazonaws.com.cn/", config.region),
+        None => format!("https://sqs.{}.amazonaws.com/", config.region),
+    };
+    // Before the credentials: a server without CA certificates is told so without needing any.
+    let endpoint = http::Endpoint::new(&url, &config.target(), config.connect_timeout)?;
     let credentials = credentials(config).await?;
     let connection = Arc::new(Connection {
-        http: signed::Client::new(config, credentials),
+        http: signed::Client::new(endpoint, url, config.region.clone(), config.target(), credentials),
         config: config.clone(),
         speaks_query: AtomicBool::new(config.protocol == Protocol::Query),
     });

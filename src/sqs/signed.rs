@@ -1,18 +1,15 @@
 //! Signed POSTs to an SQS endpoint, for both wire protocols: SigV4 by the SDK's own signer,
-//! sent through the SDK's HTTP connector (hyper, rustls), credentials kept until shortly before
-//! they expire. No SDK client: its per-request machinery cost more CPU than the ingestion itself.
+//! sent over our HTTP/1.1 connections (http.rs), credentials kept until shortly before they
+//! expire. No SDK client, nor its HTTP connector: their per-request machinery cost more CPU than
+//! the ingestion itself.
 use super::error::causes;
-use super::{ClientConfig, SqsError};
+use super::http::Endpoint;
+use super::SqsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4::SigningParams;
-use aws_smithy_async::rt::sleep::TokioSleep;
-use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-use aws_smithy_http_client::Connector;
-use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorSettings};
 use aws_smithy_runtime_api::client::identity::Identity;
-use aws_smithy_types::body::SdkBody;
-use http_body_util::BodyExt;
+use sqs_ingest_core::http as wire;
 use sqs_ingest_core::query::ServiceError;
 use sqs_ingest_core::redact::redact;
 use std::sync::Mutex;
@@ -22,10 +19,10 @@ use std::time::{Duration, SystemTime};
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 
 pub struct Client {
-    connector: Connector,
+    endpoint: Endpoint,
     credentials: SharedCredentialsProvider,
     cached: Mutex<Option<Identity>>,
-    /// Where requests are posted: the endpoint's root; the body names the queue.
+    /// Where requests are posted, as SigV4 signs it: the endpoint's root; the body names the queue.
     url: String,
     region: String,
     /// The endpoint, as errors name it.
@@ -61,33 +58,16 @@ impl Answer {
     }
 }
 
-/// How many CA certificates the connector finds to trust, as it finds them: the system's store,
-/// or SSL_CERT_FILE and SSL_CERT_DIR instead when either is set in the environment.
-pub fn trusted_certificates() -> usize {
-    rustls_native_certs::load_native_certs().certs.len()
-}
-
 impl Client {
-    pub fn new(config: &ClientConfig, credentials: SharedCredentialsProvider) -> Client {
-        let settings = HttpConnectorSettings::builder().connect_timeout(config.connect_timeout).build();
-        let connector = Connector::builder()
-            .connector_settings(settings)
-            .sleep_impl(TokioSleep::new())
-            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-            .build();
-        let url = match &config.endpoint {
-            Some(endpoint) => format!("{}/", endpoint.trim_end_matches('/')),
-            None if config.region.starts_with("cn-") => format!("https://sqs.{}.amazonaws.com.cn/", config.region),
-            None => format!("https://sqs.{}.amazonaws.com/", config.region),
-        };
-        Client {
-            connector,
-            credentials,
-            cached: Mutex::new(None),
-            url,
-            region: config.region.clone(),
-            target: config.target(),
-        }
+    /// A client posting to `url` over `endpoint`, as `target` in errors.
+    pub fn new(
+        endpoint: Endpoint,
+        url: String,
+        region: String,
+        target: String,
+        credentials: SharedCredentialsProvider,
+    ) -> Client {
+        Client { endpoint, credentials, cached: Mutex::new(None), url, region, target }
     }
 
     /// POSTs `body`, signed, with `headers` besides the signature's: the answer, whatever its
@@ -103,26 +83,22 @@ impl Client {
             .build()
             .expect("identity, region, name, time and settings are set")
             .into();
-        let mut request = http::Request::builder().method("POST").uri(&self.url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let mut request = request.body(body).map_err(|e| self.unreachable(&e))?;
-        let signed_headers = request.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-        let signable =
-            SignableRequest::new("POST", &self.url, signed_headers, SignableBody::Bytes(request.body().as_bytes()))
-                .map_err(|e| self.unreachable(&e))?;
+        let host = [("host", self.endpoint.authority.as_str())];
+        let signable = SignableRequest::new(
+            "POST",
+            &self.url,
+            host.iter().chain(headers).copied(),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| self.unreachable(&e))?;
         let (instructions, _signature) = sign(signable, &params).map_err(|e| self.unreachable(&e))?.into_parts();
-        instructions.apply_to_request_http1x(&mut request);
-
-        let request = request.map(SdkBody::from).try_into().map_err(|e| self.unreachable(&e))?;
-        let response = self.connector.call(request).await.map_err(|e| self.unreachable(&e))?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| self.unreachable(&*e))?.to_bytes();
+        let signed: Vec<(&str, &str)> = host.iter().chain(headers).copied().chain(instructions.headers()).collect();
+        let request = wire::post(&self.endpoint.path, &signed, body.as_bytes()).map_err(|e| self.unreachable(&e))?;
+        let answer = self.endpoint.post(&request).await.map_err(|e| self.unreachable(&e))?;
         // SQS answers in UTF-8; a stray byte of an emulator's must not lose the rest.
         let body =
-            String::from_utf8(body.into()).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Ok(Answer { status, body })
+            String::from_utf8(answer.body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok(Answer { status: answer.status, body })
     }
 
     /// The chain's credentials as the signer's identity, kept until shortly before they expire.
@@ -143,7 +119,7 @@ impl Client {
         // rustls says so when it refuses the endpoint's certificate: no retry will help, and the
         // fix is on this server, not at the endpoint.
         if detail.contains("invalid peer certificate") {
-            return SqsError::Untrusted { target: self.target.clone(), detail, trusted: trusted_certificates() };
+            return SqsError::Untrusted { target: self.target.clone(), detail, trusted: self.endpoint.trusted };
         }
         SqsError::Unreachable { target: self.target.clone(), detail }
     }

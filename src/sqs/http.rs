@@ -1,0 +1,178 @@
+//! HTTP/1.1 POSTs to one SQS endpoint over kept-alive connections, plain or TLS (rustls, the
+//! system's CA certificates); the bytes on the wire are core::http's. All SQS needs, at a
+//! fraction of a general client's CPU per request.
+use super::SqsError;
+use futures_util::FutureExt;
+use sqs_ingest_core::http as wire;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types::ServerName, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+/// Room made in a connection's buffer before each read: an answer of ten small messages.
+const READ_AHEAD: usize = 16 * 1024;
+/// A connection idle longer than this is closed instead of used: load balancers and NAT drop
+/// idle connections (AWS's by default after 60 s) without a word that could tell it is gone,
+/// and a request sent on one would wait out the whole request timeout.
+const MAX_IDLE: Duration = Duration::from_secs(50);
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection and what it has read beyond the answers taken from it.
+struct Conn {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+}
+
+pub struct Endpoint {
+    /// Where connections go: the URL's host (without an IPv6 address's brackets) and port.
+    host: String,
+    port: u16,
+    /// The Host header, as SigV4 signs it: the port only when it is not the scheme's default.
+    pub authority: String,
+    /// The request target: the endpoint's path.
+    pub path: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// CA certificates trusted, for the error that says a certificate was refused.
+    pub trusted: usize,
+    connect_timeout: Duration,
+    /// Connections whose last answer is read, and since when, most recently used last.
+    idle: Mutex<Vec<(Conn, Instant)>>,
+}
+
+impl Endpoint {
+    /// The endpoint at `url` (`http` or `https`, validated as a setting). Over TLS without a
+    /// single CA certificate every request would fail the same way: an error now, before any.
+    pub fn new(url: &str, target: &str, connect_timeout: Duration) -> Result<Endpoint, SqsError> {
+        let unusable =
+            |detail: String| SqsError::Unreachable { target: target.to_owned(), detail: format!("{url}: {detail}") };
+        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| unusable(e.to_string()))?;
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| unusable("no host".to_owned()))?;
+        let default_port = if https { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
+        let authority = if port == default_port { host.to_owned() } else { format!("{host}:{port}") };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let (tls, trusted) = if https {
+            let mut roots = RootCertStore::empty();
+            let (trusted, _unparsable) =
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if trusted == 0 {
+                let detail = "no CA certificates found on this server".to_owned();
+                return Err(SqsError::Untrusted { target: target.to_owned(), detail, trusted: 0 });
+            }
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| unusable(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = ServerName::try_from(host.clone()).map_err(|e| unusable(e.to_string()))?;
+            (Some((TlsConnector::from(Arc::new(config)), name)), trusted)
+        } else {
+            (None, 0)
+        };
+        Ok(Endpoint {
+            host,
+            port,
+            authority,
+            path: uri.path().to_owned(),
+            tls,
+            trusted,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// POSTs `request` (core::http::post's bytes) and reads the answer, on a kept-alive
+    /// connection when one is open. A kept-alive connection the server closed meanwhile fails
+    /// before any byte of an answer; the request then goes once more on a new connection, as
+    /// SQS requests may: a receive that was taken comes back after its visibility timeout, a
+    /// delete is idempotent.
+    pub async fn post(&self, request: &[u8]) -> io::Result<wire::Answer> {
+        if let Some(mut conn) = self.kept() {
+            match exchange(&mut conn, request).await {
+                Ok(answer) => return Ok(self.keep(conn, answer)),
+                Err(Failure { answered: true, error }) => return Err(error),
+                Err(Failure { answered: false, .. }) => {}
+            }
+        }
+        let mut conn = self.open().await?;
+        let answer = exchange(&mut conn, request).await.map_err(|f| f.error)?;
+        Ok(self.keep(conn, answer))
+    }
+
+    /// The most recently used idle connection the server has not closed.
+    fn kept(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Oldest first: everything up to the newest stale one goes.
+        if let Some(stale) = idle.iter().rposition(|(_, since)| since.elapsed() > MAX_IDLE) {
+            idle.drain(..=stale);
+        }
+        while let Some((mut conn, _)) = idle.pop() {
+            // An idle connection has nothing to read: a close (0), an error or stray bytes
+            // mean it is done; only "nothing yet" leaves it usable. Polled once, never waited on.
+            let mut probe = [0u8; 1];
+            if conn.io.read(&mut probe).now_or_never().is_none() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns `conn` to the idle ones when the answer leaves it reusable.
+    fn keep(&self, conn: Conn, answer: wire::Answer) -> wire::Answer {
+        if answer.keep_alive && conn.buf.is_empty() {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push((conn, Instant::now()));
+        }
+        answer
+    }
+
+    async fn open(&self) -> io::Result<Conn> {
+        let connect = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            // One write per request; Nagle's algorithm would hold a TLS record's tail for an ACK.
+            tcp.set_nodelay(true)?;
+            let io: Box<dyn Io> = match &self.tls {
+                Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
+                None => Box::new(tcp),
+            };
+            Ok(Conn { io, buf: Vec::with_capacity(READ_AHEAD) })
+        };
+        tokio::time::timeout(self.connect_timeout, connect).await.unwrap_or_else(|_| {
+            let ms = self.connect_timeout.as_millis();
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!("no connection within {ms} ms")))
+        })
+    }
+}
+
+struct Failure {
+    error: io::Error,
+    /// Whether any byte of an answer came before it.
+    answered: bool,
+}
+
+/// Sends `request` on `conn` and reads its answer, leaving in the buffer whatever follows it.
+async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<wire::Answer, Failure> {
+    let unanswered = |error| Failure { error, answered: false };
+    conn.io.write_all(request).await.map_err(unanswered)?;
+    conn.io.flush().await.map_err(unanswered)?;
+    let mut closed = false;
+    loop {
+        let answered = !conn.buf.is_empty();
+        let invalid = |e: wire::HttpError| Failure { error: io::Error::new(io::ErrorKind::InvalidData, e), answered };
+        if answered || closed {
+            if let Some(answer) = wire::answer(&conn.buf, closed).map_err(invalid)? {
+                conn.buf.drain(..answer.used);
+                return Ok(answer);
+            }
+        }
+        conn.buf.reserve(READ_AHEAD);
+        closed = conn.io.read_buf(&mut conn.buf).await.map_err(|error| Failure { error, answered })? == 0;
+    }
+}
