@@ -176,3 +176,101 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<wire::Answer, Failu
         closed = conn.io.read_buf(&mut conn.buf).await.map_err(|error| Failure { error, answered })? == 0;
     }
 }
+
+/// A hand-written server, for what no emulator does on demand: close a kept-alive connection
+/// just as a request arrives on it, or in the middle of an answer.
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::Endpoint;
+    use pgrx::prelude::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    /// One request off `stream`: its head and body, by its Content-Length.
+    fn request(stream: &mut TcpStream) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut byte = [0u8];
+        while !bytes.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            bytes.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&bytes).to_lowercase();
+        let length: usize =
+            head.split("content-length: ").nth(1).unwrap().split("\r\n").next().unwrap().parse().unwrap();
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).unwrap();
+        bytes.extend(body);
+        bytes
+    }
+
+    /// An endpoint on a server that runs `serve` on the connections it accepts, one by one.
+    fn server(serve: impl FnOnce(&TcpListener) + Send + 'static) -> (Endpoint, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+        let thread = std::thread::spawn(move || serve(&listener));
+        (Endpoint::new(&url, "the test server", Duration::from_secs(2)).unwrap(), thread)
+    }
+
+    fn post(endpoint: &Endpoint, body: &str) -> std::io::Result<Vec<u8>> {
+        let request =
+            sqs_ingest_core::http::post(&endpoint.path, &[("host", &endpoint.authority)], body.as_bytes()).unwrap();
+        let answer = crate::sqs::run(endpoint.post(&request), || true).unwrap()?;
+        Ok(answer.body)
+    }
+
+    #[pg_test]
+    fn a_request_a_kept_connection_loses_goes_again_on_a_new_one() {
+        let (endpoint, server) = server(|listener| {
+            let (mut kept, _) = listener.accept().unwrap();
+            assert!(request(&mut kept).ends_with(b"first"));
+            kept.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            // Closed as the second request arrives, unanswered: an idle timeout meeting it.
+            assert!(request(&mut kept).ends_with(b"second"));
+            drop(kept);
+            let (mut new, _) = listener.accept().unwrap();
+            assert!(request(&mut new).ends_with(b"second"), "the same request, sent again");
+            new.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok2\r\n0\r\n\r\n").unwrap();
+        });
+        assert_eq!(post(&endpoint, "first").unwrap(), b"ok");
+        assert_eq!(post(&endpoint, "second").unwrap(), b"ok2");
+        server.join().unwrap();
+    }
+
+    #[pg_test]
+    fn an_answer_cut_short_is_an_error_and_not_sent_again() {
+        let (endpoint, server) = server(|listener| {
+            let (mut kept, _) = listener.accept().unwrap();
+            request(&mut kept);
+            kept.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            request(&mut kept);
+            kept.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart").unwrap();
+            drop(kept);
+            listener.set_nonblocking(true).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(listener.accept().is_err(), "no second connection");
+        });
+        assert_eq!(post(&endpoint, "first").unwrap(), b"ok");
+        let error = post(&endpoint, "second").unwrap_err();
+        assert_eq!(error.to_string(), "the connection closed before the answer was complete");
+        server.join().unwrap();
+    }
+
+    #[pg_test]
+    fn a_server_that_closes_after_each_answer_is_served() {
+        let (endpoint, server) = server(|listener| {
+            for answer in ["one", "two"] {
+                let (mut stream, _) = listener.accept().unwrap();
+                request(&mut stream);
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", answer.len());
+                stream.write_all(format!("{head}{answer}").as_bytes()).unwrap();
+                // Closed after its answer, without Connection: close, as moto's server does.
+                stream.shutdown(std::net::Shutdown::Both).unwrap();
+            }
+        });
+        assert_eq!(post(&endpoint, "a").unwrap(), b"one");
+        assert_eq!(post(&endpoint, "b").unwrap(), b"two");
+        server.join().unwrap();
+    }
+}
