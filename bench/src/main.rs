@@ -13,8 +13,7 @@ mod sqs;
 mod stats;
 
 use sqs_ingest_it::emulator::AWS_ENV;
-use sqs_ingest_it::{wait_until, Cluster, Emulator, Queue};
-use std::path::PathBuf;
+use sqs_ingest_it::{localstack_venv, wait_until, Cluster, Emulator, Queue};
 use std::time::Duration;
 
 /// The key both pipelines mask with (HMAC-SHA256), as a keyed deployment would.
@@ -113,8 +112,7 @@ impl Bench<'_> {
 fn main() {
     let args = Args::parse();
     let log = std::env::temp_dir().join(format!("sqs_ingest-bench-localstack-{}.log", std::process::id()));
-    let venv = PathBuf::from(std::env::var("SQS_INGEST_LOCALSTACK_VENV").expect("run bench/run.sh"));
-    let emulator = Emulator::localstack(&venv, &log);
+    let emulator = Emulator::localstack(&localstack_venv(), &log);
     let queue = emulator.queue("bench");
     let settings = [
         format!("sqs_ingest.queue_url = '{}'", queue.url),
