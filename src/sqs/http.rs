@@ -1,7 +1,8 @@
 //! HTTP/1.1 POSTs to one SQS endpoint over kept-alive connections, plain or TLS (rustls, the
 //! system's CA certificates); the bytes on the wire are core::http's. All SQS needs, at a
 //! fraction of a general client's CPU per request.
-use super::SqsError;
+use super::error::causes;
+use super::{ClientConfig, SqsError};
 use futures_util::FutureExt;
 use sqs_ingest_core::http as wire;
 use std::io;
@@ -38,18 +39,21 @@ pub struct Endpoint {
     pub path: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// CA certificates trusted, for the error that says a certificate was refused.
-    pub trusted: usize,
+    trusted: usize,
+    /// The endpoint, as errors name it.
+    target: String,
     connect_timeout: Duration,
     /// Connections whose last answer is read, and since when, most recently used last.
     idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
 impl Endpoint {
-    /// The endpoint at `url` (`http` or `https`, validated as a setting). Over TLS without a
-    /// single CA certificate every request would fail the same way: an error now, before any.
-    pub fn new(url: &str, target: &str, connect_timeout: Duration) -> Result<Endpoint, SqsError> {
+    /// The endpoint `config` names (`http` or `https`, validated as a setting). Over TLS without
+    /// a single CA certificate every request would fail the same way: an error now, before any.
+    pub fn new(config: &ClientConfig) -> Result<Endpoint, SqsError> {
+        let (url, target) = (config.url(), config.target());
         let unusable =
-            |detail: String| SqsError::Unreachable { target: target.to_owned(), detail: format!("{url}: {detail}") };
+            |detail: String| SqsError::Unreachable { target: target.clone(), detail: format!("{url}: {detail}") };
         let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| unusable(e.to_string()))?;
         let https = uri.scheme_str() == Some("https");
         let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| unusable("no host".to_owned()))?;
@@ -63,7 +67,7 @@ impl Endpoint {
                 roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             if trusted == 0 {
                 let detail = "no CA certificates found on this server".to_owned();
-                return Err(SqsError::Untrusted { target: target.to_owned(), detail, trusted: 0 });
+                return Err(SqsError::Untrusted { target, detail, trusted: 0 });
             }
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -84,7 +88,8 @@ impl Endpoint {
             path: uri.path().to_owned(),
             tls,
             trusted,
-            connect_timeout,
+            target,
+            connect_timeout: config.connect_timeout,
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -94,7 +99,11 @@ impl Endpoint {
     /// before any byte of an answer; the request then goes once more on a new connection, as
     /// SQS requests may: a receive that was taken comes back after its visibility timeout, a
     /// delete is idempotent.
-    pub async fn post(&self, request: &[u8]) -> io::Result<wire::Answer> {
+    pub async fn post(&self, request: &[u8]) -> Result<wire::Answer, SqsError> {
+        self.send(request).await.map_err(|e| self.failed(e))
+    }
+
+    async fn send(&self, request: &[u8]) -> io::Result<wire::Answer> {
         if let Some(mut conn) = self.kept() {
             match exchange(&mut conn, request).await {
                 Ok(answer) => return Ok(self.keep(conn, answer)),
@@ -105,6 +114,17 @@ impl Endpoint {
         let mut conn = self.open().await?;
         let answer = exchange(&mut conn, request).await.map_err(|f| f.error)?;
         Ok(self.keep(conn, answer))
+    }
+
+    /// The error a request that got no answer is: a certificate rustls refused in the handshake
+    /// (no retry will help, and the fix is on this server, not at the endpoint), or any other.
+    fn failed(&self, e: io::Error) -> SqsError {
+        let (target, detail) = (self.target.clone(), causes(&e));
+        let tls = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if let Some(rustls::Error::InvalidCertificate(_)) = tls {
+            return SqsError::Untrusted { target, detail, trusted: self.trusted };
+        }
+        SqsError::Unreachable { target, detail }
     }
 
     /// The most recently used idle connection the server has not closed.
@@ -183,6 +203,7 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<wire::Answer, Failu
 #[pgrx::pg_schema]
 mod tests {
     use super::Endpoint;
+    use crate::sqs::{ClientConfig, Protocol, SqsError};
     use pgrx::prelude::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
@@ -208,12 +229,18 @@ mod tests {
     /// An endpoint on a server that runs `serve` on the connections it accepts, one by one.
     fn server(serve: impl FnOnce(&TcpListener) + Send + 'static) -> (Endpoint, std::thread::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+        let config = ClientConfig {
+            endpoint: Some(format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port())),
+            region: "us-east-1".to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(2),
+            protocol: Protocol::Json,
+        };
         let thread = std::thread::spawn(move || serve(&listener));
-        (Endpoint::new(&url, "the test server", Duration::from_secs(2)).unwrap(), thread)
+        (Endpoint::new(&config).unwrap(), thread)
     }
 
-    fn post(endpoint: &Endpoint, body: &str) -> std::io::Result<Vec<u8>> {
+    fn post(endpoint: &Endpoint, body: &str) -> Result<Vec<u8>, SqsError> {
         let request =
             sqs_ingest_core::http::post(&endpoint.path, &[("host", &endpoint.authority)], body.as_bytes()).unwrap();
         let answer = crate::sqs::run(endpoint.post(&request), || true).unwrap()?;
@@ -252,8 +279,8 @@ mod tests {
             assert!(listener.accept().is_err(), "no second connection");
         });
         assert_eq!(post(&endpoint, "first").unwrap(), b"ok");
-        let error = post(&endpoint, "second").unwrap_err();
-        assert_eq!(error.to_string(), "the connection closed before the answer was complete");
+        let Err(SqsError::Unreachable { detail, .. }) = post(&endpoint, "second") else { panic!("not unreachable") };
+        assert_eq!(detail, "the connection closed before the answer was complete");
         server.join().unwrap();
     }
 

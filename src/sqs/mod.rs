@@ -68,6 +68,15 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// Where requests are posted: the endpoint's root (the body names the queue).
+    pub fn url(&self) -> String {
+        match &self.endpoint {
+            Some(endpoint) => format!("{}/", endpoint.trim_end_matches('/')),
+            None if self.region.starts_with("cn-") => format!("https://sqs.{}.amazonaws.com.cn/", self.region),
+            None => format!("https://sqs.{}.amazonaws.com/", self.region),
+        }
+    }
+
     /// Where requests go, for error messages: without credentials a URL may carry.
     pub fn target(&self) -> String {
         match &self.endpoint {
@@ -292,16 +301,11 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
             return Ok(connection.clone());
         }
     }
-    let url = match &config.endpoint {
-        Some(endpoint) => format!("{}/", endpoint.trim_end_matches('/')),
-        None if config.region.starts_with("cn-") => format!("https://sqs.{}.amazonaws.com.cn/", config.region),
-        None => format!("https://sqs.{}.amazonaws.com/", config.region),
-    };
     // Before the credentials: a server without CA certificates is told so without needing any.
-    let endpoint = http::Endpoint::new(&url, &config.target(), config.connect_timeout)?;
+    let endpoint = http::Endpoint::new(config)?;
     let credentials = credentials(config).await?;
     let connection = Arc::new(Connection {
-        http: signed::Client::new(endpoint, url, config.region.clone(), config.target(), credentials),
+        http: signed::Client::new(config, endpoint, credentials),
         config: config.clone(),
         speaks_query: AtomicBool::new(config.protocol == Protocol::Query),
     });

@@ -4,7 +4,7 @@
 //! the ingestion itself.
 use super::error::causes;
 use super::http::Endpoint;
-use super::SqsError;
+use super::{ClientConfig, SqsError};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4::SigningParams;
@@ -59,15 +59,16 @@ impl Answer {
 }
 
 impl Client {
-    /// A client posting to `url` over `endpoint`, as `target` in errors.
-    pub fn new(
-        endpoint: Endpoint,
-        url: String,
-        region: String,
-        target: String,
-        credentials: SharedCredentialsProvider,
-    ) -> Client {
-        Client { endpoint, credentials, cached: Mutex::new(None), url, region, target }
+    /// A client for `config`, posting over `endpoint` (built from the same config).
+    pub fn new(config: &ClientConfig, endpoint: Endpoint, credentials: SharedCredentialsProvider) -> Client {
+        Client {
+            endpoint,
+            credentials,
+            cached: Mutex::new(None),
+            url: config.url(),
+            region: config.region.clone(),
+            target: config.target(),
+        }
     }
 
     /// POSTs `body`, signed, with `headers` besides the signature's: the answer, whatever its
@@ -83,18 +84,16 @@ impl Client {
             .build()
             .expect("identity, region, name, time and settings are set")
             .into();
-        let host = [("host", self.endpoint.authority.as_str())];
-        let signable = SignableRequest::new(
-            "POST",
-            &self.url,
-            host.iter().chain(headers).copied(),
-            SignableBody::Bytes(body.as_bytes()),
-        )
-        .map_err(|e| self.unreachable(&e))?;
+        let mut all = Vec::with_capacity(headers.len() + 4);
+        all.push(("host", self.endpoint.authority.as_str()));
+        all.extend_from_slice(headers);
+        let signable =
+            SignableRequest::new("POST", &self.url, all.iter().copied(), SignableBody::Bytes(body.as_bytes()))
+                .map_err(|e| self.unreachable(&e))?;
         let (instructions, _signature) = sign(signable, &params).map_err(|e| self.unreachable(&e))?.into_parts();
-        let signed: Vec<(&str, &str)> = host.iter().chain(headers).copied().chain(instructions.headers()).collect();
-        let request = wire::post(&self.endpoint.path, &signed, body.as_bytes()).map_err(|e| self.unreachable(&e))?;
-        let answer = self.endpoint.post(&request).await.map_err(|e| self.unreachable(&e))?;
+        all.extend(instructions.headers());
+        let request = wire::post(&self.endpoint.path, &all, body.as_bytes()).map_err(|e| self.unreachable(&e))?;
+        let answer = self.endpoint.post(&request).await?;
         // SQS answers in UTF-8; a stray byte of an emulator's must not lose the rest.
         let body =
             String::from_utf8(answer.body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
@@ -114,14 +113,9 @@ impl Client {
         Ok(identity)
     }
 
+    /// A request that could not be signed or written.
     fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> SqsError {
-        let detail = causes(e);
-        // rustls says so when it refuses the endpoint's certificate: no retry will help, and the
-        // fix is on this server, not at the endpoint.
-        if detail.contains("invalid peer certificate") {
-            return SqsError::Untrusted { target: self.target.clone(), detail, trusted: self.endpoint.trusted };
-        }
-        SqsError::Unreachable { target: self.target.clone(), detail }
+        SqsError::Unreachable { target: self.target.clone(), detail: causes(e) }
     }
 
     /// An answer that could not be read as the protocol's document.
