@@ -131,7 +131,8 @@ impl Cluster {
         Client::connect(&self.url_as(db, user), NoTls).unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
     }
 
-    /// A connection whose NOTICE and WARNING messages are collected in the returned list.
+    /// A connection whose NOTICE and WARNING messages are collected in the returned list, each
+    /// as "SEVERITY: message", followed by "\nHINT: hint" when it has one.
     pub fn connect_collecting_notices(&self, db: &str) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = notices.clone();
@@ -139,7 +140,10 @@ impl Cluster {
             .url(db)
             .parse::<postgres::Config>()
             .unwrap()
-            .notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())))
+            .notice_callback(move |n| {
+                let hint = n.hint().map(|h| format!("\nHINT: {h}")).unwrap_or_default();
+                sink.lock().unwrap().push(format!("{}: {}{hint}", n.severity(), n.message()))
+            })
             .connect(NoTls)
             .unwrap_or_else(|e| panic!("connect to {db}: {e}"));
         (client, notices)

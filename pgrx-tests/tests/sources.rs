@@ -251,6 +251,86 @@ fn pg_dump_and_restore_keep_the_sources_and_drop_extension_keeps_the_tables() {
     assert_eq!(count(&mut db, "SELECT count(*) FROM pg_class WHERE relname IN ('orders', 'user_logins')"), 2);
 }
 
+/// The source's enabled flag and target, as the catalog shows them.
+fn source_state(db: &mut Client, name: &str) -> (bool, String) {
+    let row = db.query_one("SELECT enabled, target::text FROM sqs_ingest.sources WHERE name = $1", &[&name]).unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn dropping_a_sources_table_or_a_column_it_fills_disables_it_with_a_warning_and_loses_nothing() {
+    let c = shared_cluster();
+    c.database("sources_dropped");
+    let (mut db, notices) = c.connect_collecting_notices("sources_dropped");
+    let warnings = || -> Vec<String> {
+        let mut said = notices.lock().unwrap();
+        let warned = said.iter().filter(|n| n.starts_with("WARNING") && !n.contains("pii_key")).cloned().collect();
+        said.clear();
+        warned
+    };
+    db.batch_execute("CREATE SCHEMA shop").unwrap();
+    orders_table(&mut db, "shop.orders");
+    db.batch_execute("ALTER TABLE shop.orders ADD COLUMN note text").unwrap();
+    let queue = Emulator::shared().queue("sources_dropped");
+    create_source(&mut db, "orders", &queue, "shop.orders", Some(ORDERS));
+    queue.send(&[order(1)]);
+    assert_eq!(fetch_source(&mut db, "orders", 10), 1);
+
+    // A column the mapping does not fill: nothing to say.
+    db.batch_execute("ALTER TABLE shop.orders DROP COLUMN note").unwrap();
+    assert_eq!(warnings(), Vec::<String>::new());
+    assert_eq!(source_state(&mut db, "orders"), (true, "shop.orders".to_owned()));
+
+    // A column it fills: disabled, said so, and its messages wait in the queue.
+    db.batch_execute("ALTER TABLE shop.orders DROP COLUMN email_hash").unwrap();
+    let said = warnings();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].starts_with(
+            "WARNING: sqs_ingest: source \"orders\" is disabled: column \"email_hash\" of shop.orders, which its mapping fills, was dropped\nHINT: Add the column again, or map without it"
+        ),
+        "{said:?}"
+    );
+    assert_eq!(source_state(&mut db, "orders"), (false, "shop.orders".to_owned()));
+    queue.send(&[order(2)]);
+    let (code, message) = refused(&mut db, "SELECT sqs_ingest.fetch_source('orders')");
+    assert_eq!((code.as_str(), message.contains("is disabled")), ("55000", true), "{message}");
+    assert_eq!(queue.counts(), (1, 0));
+    db.batch_execute(
+        "ALTER TABLE shop.orders ADD COLUMN email_hash text; SELECT sqs_ingest.alter_source('orders', enabled => true)",
+    )
+    .unwrap();
+    assert_eq!(fetch_source(&mut db, "orders", 10), 1);
+
+    // Its table dropped and made again: disabled until pointed at the new table.
+    db.batch_execute("DROP TABLE shop.orders").unwrap();
+    let said = warnings();
+    assert_eq!(
+        said,
+        ["WARNING: sqs_ingest: source \"orders\" is disabled: its table shop.orders was dropped\nHINT: Once the table exists again: SELECT sqs_ingest.alter_source('orders', target => 'shop.orders', enabled => true); or SELECT sqs_ingest.drop_source('orders'). Its messages wait in the queue."]
+    );
+    assert!(!source_state(&mut db, "orders").0);
+    orders_table(&mut db, "shop.orders");
+    queue.send(&[order(3)]);
+    let (code, message) = refused(&mut db, "SELECT sqs_ingest.alter_source('orders', enabled => true)");
+    assert_eq!((code.as_str(), message.contains("not a table")), ("42809", true), "{message}");
+    db.batch_execute("SELECT sqs_ingest.alter_source('orders', target => 'shop.orders', enabled => true)").unwrap();
+    assert_eq!(fetch_source(&mut db, "orders", 10), 1);
+    assert_eq!(count(&mut db, "SELECT count(*) FROM shop.orders WHERE order_id = 'o-3'"), 1);
+
+    // A schema dropped with everything in it, as pg_restore --clean and teardown scripts do:
+    // never refused.
+    db.batch_execute("DROP SCHEMA shop CASCADE").unwrap();
+    assert_eq!(warnings().len(), 1);
+    assert!(!source_state(&mut db, "orders").0);
+    db.batch_execute("SELECT sqs_ingest.drop_source('orders')").unwrap();
+    assert_eq!(queue.counts(), (0, 0));
+
+    // Dropping the extension, which drops the catalog with the trigger, says nothing of sources.
+    db.batch_execute("DROP EXTENSION sqs_ingest").unwrap();
+    assert_eq!(warnings(), Vec::<String>::new());
+}
+
 #[test]
 fn workers_serve_a_source_within_10_seconds_of_create_alter_and_drop() {
     let emulator = Emulator::shared();

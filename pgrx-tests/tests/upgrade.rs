@@ -98,6 +98,11 @@ fn update_from_0_4_0_keeps_everything_and_equals_a_fresh_install() {
     update_from("0.4.0");
 }
 
+#[test]
+fn update_from_0_5_0_keeps_everything_and_equals_a_fresh_install() {
+    update_from("0.5.0");
+}
+
 /// CREATE EXTENSION creates cluster-wide roles when missing: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -205,7 +210,10 @@ fn update_from(release: &str) {
         orders.send(&[r#"{"id": "o-1"}"#.to_owned()]);
         let rows: i32 = db.query_one("SELECT sqs_ingest.fetch_source('orders', 10)", &[]).unwrap().get(0);
         assert_eq!(rows, 1);
-        db.batch_execute("SELECT sqs_ingest.drop_source('orders'); DROP TABLE upgrade_orders").unwrap();
+        // 0.6.0: its table dropped, the source is disabled.
+        db.batch_execute("DROP TABLE upgrade_orders").unwrap();
+        assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.sources WHERE name = 'orders' AND NOT enabled"), 1);
+        db.batch_execute("SELECT sqs_ingest.drop_source('orders')").unwrap();
     }
     cluster().connect(&fresh_db).batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     db.batch_execute("ALTER TABLE user_logins DROP CONSTRAINT no_windows").unwrap();
