@@ -399,7 +399,8 @@ fn a_source_runs_with_its_owners_rights_never_the_workers() {
     orders_table(&mut db, "orders");
     db.batch_execute(
         "CREATE ROLE alice LOGIN IN ROLE sqs_ingest_operator;
-         GRANT EXECUTE ON FUNCTION sqs_ingest.create_source(text, text, regclass, jsonb, boolean) TO alice;
+         GRANT EXECUTE ON FUNCTION sqs_ingest.create_source(text, text, regclass, jsonb, boolean),
+                                   sqs_ingest.alter_source(text, text, regclass, jsonb, boolean) TO alice;
          CREATE FUNCTION secret(text) RETURNS text LANGUAGE sql AS 'SELECT $1';
          REVOKE ALL ON FUNCTION secret(text) FROM PUBLIC;
          SELECT sqs_ingest.alter_source('login', enabled => false);",
@@ -459,7 +460,32 @@ fn a_source_runs_with_its_owners_rights_never_the_workers() {
         0,
         "nothing dead-lettered: the table's rights are not the row's fault"
     );
+    // She may switch it off meanwhile, although its mapping no longer passes the check.
+    alice.batch_execute("SELECT sqs_ingest.alter_source('orders', enabled => false)").unwrap();
     db.batch_execute("GRANT INSERT ON orders TO alice").unwrap();
+    alice.batch_execute("SELECT sqs_ingest.alter_source('orders', enabled => true)").unwrap();
     wait_until("the rows once granted", WAIT, || count(&mut db, "SELECT count(*) FROM orders") == 4);
     wait_until("the deletes", WAIT, || queue.counts() == (0, 0));
+
+    // Her role dropped the way Postgres tells one to: the source does not pass to anyone, and
+    // says why it stopped.
+    drop(alice);
+    db.batch_execute("REASSIGN OWNED BY alice TO postgres; DROP OWNED BY alice; DROP ROLE alice").unwrap();
+    queue.send(&[order(5)]);
+    wait_until("the lost owner shown", WAIT, || {
+        count(
+            &mut db,
+            "SELECT count(*) FROM sqs_ingest.source_status WHERE source = 'orders' AND last_error LIKE '%owner of source \"orders\" (role %) no longer exists%'",
+        ) == 1
+    });
+    let e = db.batch_execute("SELECT sqs_ingest.fetch_source('orders')").unwrap_err();
+    let e = e.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "42704", "{e:?}");
+    assert!(
+        e.hint().is_some_and(|h| h.contains("UPDATE sqs_ingest.sources SET owner = 'role' WHERE name = 'orders'")),
+        "{e:?}"
+    );
+    assert_eq!(count(&mut db, "SELECT count(*) FROM orders"), 4);
+    db.batch_execute("UPDATE sqs_ingest.sources SET owner = 'postgres' WHERE name = 'orders'").unwrap();
+    wait_until("the row once owned again", WAIT, || count(&mut db, "SELECT count(*) FROM orders") == 5);
 }

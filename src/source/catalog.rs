@@ -59,8 +59,10 @@ extension_sql!(
     requires = ["bootstrap", sqs_ingest::sources_changed]
 );
 
-/// The checks every source passes before it is written: name, queue URL, settings, mapping.
-fn check(source: &Source) -> Result<(), SourceError> {
+/// The checks every source passes before it is written: name, queue URL, settings, and its
+/// mapping unless `mapping` is false (a source only being disabled: a mapping that broke, say
+/// its owner lost a right, must not keep it from being switched off).
+fn check(source: &Source, mapping: bool) -> Result<(), SourceError> {
     let name = &source.name;
     if name.is_empty()
         || name.len() > 63
@@ -78,7 +80,7 @@ fn check(source: &Source) -> Result<(), SourceError> {
             return Err(SourceError::Endpoint(sqs_ingest_core::redact::url(url)));
         }
     }
-    if !source.is_login() {
+    if mapping && !source.is_login() {
         let mapping = Mapping::resolve(source)?;
         mapping.check()?;
     }
@@ -166,7 +168,7 @@ mod sqs_ingest {
             Err(SourceError::Unknown(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        check(&source)?;
+        check(&source, true)?;
         write(
             "INSERT INTO sqs_ingest.sources (name, queue_url, target, columns, enabled, owner)
              VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
@@ -200,6 +202,7 @@ mod sqs_ingest {
         if source.is_login() && (queue_url.is_some() || target.is_some() || columns.is_some()) {
             return Err(SourceError::BuiltIn("changed, except for enabled").into());
         }
+        let only_disabling = enabled == Some(false) && queue_url.is_none() && target.is_none() && columns.is_none();
         if queue_url.is_some() {
             source.overrides.queue_url = queue_url;
         }
@@ -212,7 +215,7 @@ mod sqs_ingest {
         if let Some(enabled) = enabled {
             source.enabled = enabled;
         }
-        check(&source)?;
+        check(&source, !only_disabling)?;
         write(
             "UPDATE sqs_ingest.sources SET queue_url = $2, target = $3, columns = $4::jsonb, enabled = $5
              WHERE name = $1",

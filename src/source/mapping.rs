@@ -49,22 +49,32 @@ impl Mapping {
         let found = plans::run(
             "SELECT format('%I.%I', n.nspname, c.relname), c.relname::text, c.relkind::text,
                     (SELECT quote_ident(x.nspname) FROM pg_extension e
-                     JOIN pg_namespace x ON x.oid = e.extnamespace WHERE e.extname = 'sqs_ingest')
+                     JOIN pg_namespace x ON x.oid = e.extnamespace WHERE e.extname = 'sqs_ingest'),
+                    EXISTS (SELECT FROM pg_roles WHERE oid = $2)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-            &[oid.into()],
+            &[oid.into(), source.owner.into()],
             |rows| {
                 let row = rows.first();
                 Ok(match row.get::<String>(1) {
-                    Ok(Some(table)) => {
-                        Some((table, row.get::<String>(2)?, row.get::<String>(3)?, row.get::<String>(4)?))
-                    }
+                    Ok(Some(table)) => Some((
+                        table,
+                        row.get::<String>(2)?,
+                        row.get::<String>(3)?,
+                        row.get::<String>(4)?,
+                        row.get::<bool>(5)?,
+                    )),
                     _ => None,
                 })
             },
         )
         .map_err(SourceError::spi("finding the source's table"))?;
-        let (table, relation, kind, schema) = found
+        let (table, relation, kind, schema, owner_exists) = found
             .ok_or_else(|| SourceError::NotATable(format!("the table of source \"{}\" (dropped?)", source.name)))?;
+        // A dropped owner's id would otherwise reach the permission checks, which refuse it
+        // without saying why.
+        if owner_exists != Some(true) {
+            return Err(SourceError::OwnerGone { source: source.name.clone(), owner: source.owner.into() });
+        }
         let relation = relation.unwrap_or_default();
         if !matches!(kind.as_deref(), Some("r" | "p")) {
             return Err(SourceError::NotATable(table));

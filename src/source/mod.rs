@@ -138,6 +138,11 @@ pub enum SourceError {
     /// The built-in login source is configured by the server's settings.
     BuiltIn(&'static str),
     NotOwner(String),
+    /// The role that owns the source was dropped (REASSIGN OWNED does not reach the catalog).
+    OwnerGone {
+        source: String,
+        owner: u32,
+    },
     BadQueueUrl(String),
     /// A non-superuser named a queue URL that is not AWS's while no endpoint is configured.
     Endpoint(String),
@@ -188,6 +193,9 @@ impl fmt::Display for SourceError {
             SourceError::BadName(name) => write!(f, "invalid source name \"{name}\""),
             SourceError::BuiltIn(what) => write!(f, "the built-in source login cannot be {what}"),
             SourceError::NotOwner(name) => write!(f, "must be owner of source \"{name}\""),
+            SourceError::OwnerGone { source, owner } => {
+                write!(f, "the owner of source \"{source}\" (role {owner}) no longer exists")
+            }
             SourceError::BadQueueUrl(url) => write!(f, "queue_url \"{url}\" is not an http:// or https:// URL"),
             SourceError::Endpoint(url) => {
                 write!(
@@ -243,6 +251,12 @@ impl From<SourceError> for ErrorReport {
             SourceError::NotOwner(_) => (
                 ERRCODE_INSUFFICIENT_PRIVILEGE,
                 "A source is changed by its owner (a member of it) or a superuser.".to_owned(),
+            ),
+            SourceError::OwnerGone { source, .. } => (
+                ERRCODE_UNDEFINED_OBJECT,
+                format!(
+                    "REASSIGN OWNED does not reach sources. A superuser gives it to another role: UPDATE sqs_ingest.sources SET owner = 'role' WHERE name = '{source}'; or drops it: SELECT sqs_ingest.drop_source('{source}');"
+                ),
             ),
             SourceError::BadQueueUrl(_) => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
