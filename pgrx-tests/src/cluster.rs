@@ -40,20 +40,26 @@ fn run(mut command: Command) {
     );
 }
 
+/// An empty directory for a cluster named `name`, owned by the user the server runs as.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sqs_ingest-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        run({
+            let mut c = Command::new("chown");
+            c.args(["postgres:", dir.to_str().unwrap()]);
+            c
+        });
+    }
+    dir
+}
+
 impl Cluster {
     /// initdb in a fresh directory and start the server with `settings` appended to
     /// postgresql.conf and `env` as the postmaster's only environment (besides PATH and LANG).
     pub fn start(name: &str, settings: &[String], env: &[(&str, &str)]) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("sqs_ingest-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        if unsafe { libc::geteuid() } == 0 {
-            run({
-                let mut c = Command::new("chown");
-                c.args(["postgres:", dir.to_str().unwrap()]);
-                c
-            });
-        }
+        let dir = fresh_dir(name);
         let data = dir.join("data");
         run({
             let mut c = as_postgres(&format!("{}/initdb", bin()));
@@ -61,25 +67,51 @@ impl Cluster {
             c.args(["--locale=C.UTF-8", "--no-sync"]);
             c
         });
-        let port = free_port();
-        let mut conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             shared_preload_libraries = 'sqs_ingest'\nfsync = off\nmax_connections = 50\n\
-             log_line_prefix = '%m [%p] %q%a '\n",
-            dir.display()
-        );
+        let mut conf = "listen_addresses = '127.0.0.1'\nshared_preload_libraries = 'sqs_ingest'\nfsync = off\n\
+                        max_connections = 50\nlog_line_prefix = '%m [%p] %q%a '\n"
+            .to_owned();
         for s in settings {
             conf.push_str(s);
             conf.push('\n');
         }
+        Cluster::configure_and_start(dir, &conf, env)
+    }
+
+    /// A streaming standby of this cluster as `pg_basebackup -R` makes one, started: its data
+    /// directory a copy of this one's, postgresql.conf included (the preload and every
+    /// sqs_ingest setting), with a port of its own.
+    pub fn standby(&self, name: &str, env: &[(&str, &str)]) -> Cluster {
+        let dir = fresh_dir(name);
+        run({
+            let mut c = as_postgres(&format!("{}/pg_basebackup", bin()));
+            c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"]);
+            c.args(["-D", dir.join("data").to_str().unwrap(), "-R", "-X", "stream", "--no-sync"]);
+            c
+        });
+        Cluster::configure_and_start(dir, "", env)
+    }
+
+    /// Appends a port, the socket directory and `conf` to `dir`'s postgresql.conf, and starts it.
+    fn configure_and_start(dir: PathBuf, conf: &str, env: &[(&str, &str)]) -> Cluster {
+        let port = free_port();
+        let conf = format!("port = {port}\nunix_socket_directories = '{}'\n{conf}", dir.display());
         std::fs::OpenOptions::new()
             .append(true)
-            .open(data.join("postgresql.conf"))
+            .open(dir.join("data").join("postgresql.conf"))
             .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
             .unwrap();
         let cluster = Cluster { dir, port };
         cluster.pg_ctl_start(env, &[]);
         cluster
+    }
+
+    /// Promotes a standby to a primary and waits until it is one.
+    pub fn promote(&self) {
+        run({
+            let mut c = as_postgres(&format!("{}/pg_ctl", bin()));
+            c.args(["-D", self.data().to_str().unwrap(), "-w", "promote"]);
+            c
+        });
     }
 
     /// Starts the stopped server again with every one of its processes run under `wrapper` (a

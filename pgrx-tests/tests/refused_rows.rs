@@ -158,7 +158,7 @@ fn errors_about_the_table_or_session_are_raised_and_lose_nothing() {
     // A read-only transaction.
     assert_eq!(raised(&mut db, "BEGIN READ ONLY; SELECT fetch_login_queue(100)"), SqlState::READ_ONLY_SQL_TRANSACTION);
     db.batch_execute("ROLLBACK").unwrap();
-    back(&queue);
+    assert_eq!(queue.counts(), (10, 0), "refused before receiving: nothing in flight");
 
     // Permission denied: an operator whose INSERT on the table was revoked.
     db.batch_execute(

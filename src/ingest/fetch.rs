@@ -16,6 +16,7 @@ fn fetch(name: &str, max: Option<i32>) -> Result<i32, ErrorReport> {
         Some(m) if (1..=MAX_FETCH).contains(&m) => m,
         other => return Err(IngestError::BadMax(other).into()),
     };
+    super::writable()?;
     let source = Source::load(name)?;
     if !source.enabled {
         return Err(SourceError::Disabled(source.name).into());

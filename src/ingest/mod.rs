@@ -19,6 +19,7 @@ use crate::source::stats::Counts;
 use crate::source::{Source, SourceError};
 use crate::sqs::Received;
 use crate::{unkeyed, xact};
+use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
 use sqs_ingest_core::envelope::Envelope;
@@ -38,8 +39,9 @@ enum Rows {
 }
 
 impl Sink {
-    /// The sink of `source`, on its table as it is now.
+    /// The sink of `source`, on its table as it is now, in a transaction that can write.
     pub fn resolve(source: &Source) -> Result<Sink, IngestError> {
+        writable()?;
         let rows = if source.is_login() {
             Rows::Login(Target::resolve()?)
         } else {
@@ -75,6 +77,19 @@ impl Sink {
     }
 }
 
+/// Refuses a transaction that cannot write, before anything is received: messages received
+/// there could not be stored, and would be hidden from every consumer for the visibility
+/// timeout. Checked before the catalog is read, too: a kept plan's execution takes a
+/// transaction id, which a standby cannot give.
+pub fn writable() -> Result<(), IngestError> {
+    // SAFETY: a question about this server's state and a flag of the current transaction.
+    let (recovery, read_only) = unsafe { (pg_sys::RecoveryInProgress(), pg_sys::XactReadOnly) };
+    if recovery || read_only {
+        return Err(IngestError::ReadOnly { recovery });
+    }
+    Ok(())
+}
+
 /// Stores one batch received from `source` in the current transaction and schedules its
 /// deletion from SQS for after COMMIT: the one path of fetch_source and the workers alike.
 pub fn ingest(source: &str, sink: &Sink, settings: &FetchSettings, received: Vec<Received>) -> Stored {
@@ -103,6 +118,10 @@ pub fn ingest(source: &str, sink: &Sink, settings: &FetchSettings, received: Vec
 #[derive(Debug)]
 pub enum IngestError {
     BadMax(Option<i32>),
+    /// A read-only transaction; `recovery`: on a standby, where every transaction is.
+    ReadOnly {
+        recovery: bool,
+    },
     Source(SourceError),
     NoExtension,
     NoTable(String),
@@ -134,6 +153,8 @@ impl fmt::Display for IngestError {
         match self {
             IngestError::BadMax(Some(max)) => write!(f, "max must be between 1 and {MAX_FETCH}, not {max}"),
             IngestError::BadMax(None) => write!(f, "max must be between 1 and {MAX_FETCH}, not NULL"),
+            IngestError::ReadOnly { recovery: true } => write!(f, "cannot ingest on a server in recovery (a standby)"),
+            IngestError::ReadOnly { recovery: false } => write!(f, "cannot ingest in a read-only transaction"),
             IngestError::Source(e) => e.fmt(f),
             IngestError::NoExtension => write!(f, "extension sqs_ingest is not created in this database"),
             IngestError::NoTable(table) => write!(f, "table {table} does not exist"),
@@ -153,6 +174,14 @@ impl From<IngestError> for ErrorReport {
             IngestError::BadMax(_) => (
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 "Pass a number of messages from 1 to 10000, e.g. SELECT fetch_login_queue(100);".to_owned(),
+            ),
+            IngestError::ReadOnly { recovery: true } => (
+                PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+                "Nothing was received from SQS. Ingest on the primary: its rows and ledger reach this standby by replication.".to_owned(),
+            ),
+            IngestError::ReadOnly { recovery: false } => (
+                PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+                "Nothing was received from SQS. The transaction is read-only (BEGIN READ ONLY, or default_transaction_read_only = on for the session, role, database or server): ingest in a read-write one.".to_owned(),
             ),
             IngestError::NoExtension => (
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

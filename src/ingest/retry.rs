@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 /// and returns how many did. Those refused again stay, with their new reason and error.
 #[pg_extern(volatile, parallel_unsafe)]
 fn retry_dead_letters(ids: default!(Option<Vec<i64>>, "NULL")) -> Result<i32, ErrorReport> {
+    super::writable()?;
     // Dead letters name their source from 0.3.0 on; before, every one is the login source's.
     let named: Option<bool> = Spi::get_one("SELECT to_regclass('sqs_ingest.sources') IS NOT NULL")
         .map_err(IngestError::spi("reading the dead letters"))?;
