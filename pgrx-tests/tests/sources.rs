@@ -326,6 +326,18 @@ fn dropping_a_sources_table_or_a_column_it_fills_disables_it_with_a_warning_and_
     db.batch_execute("SELECT sqs_ingest.drop_source('orders')").unwrap();
     assert_eq!(queue.counts(), (0, 0));
 
+    // A table's owner without any right on the catalog drops it: the source is disabled all the
+    // same (the trigger's function runs with the extension owner's rights).
+    db.batch_execute(
+        "DROP ROLE IF EXISTS dropping_owner; CREATE ROLE dropping_owner LOGIN;
+         CREATE TABLE owned_orders (order_id text); ALTER TABLE owned_orders OWNER TO dropping_owner",
+    )
+    .unwrap();
+    create_source(&mut db, "owned", &queue, "owned_orders", Some(r#"{"order_id": "body->>'id'"}"#));
+    c.connect_as("sources_dropped", "dropping_owner").batch_execute("DROP TABLE owned_orders").unwrap();
+    assert!(!source_state(&mut db, "owned").0);
+    db.batch_execute("SELECT sqs_ingest.drop_source('owned'); DROP ROLE dropping_owner").unwrap();
+
     // Dropping the extension, which drops the catalog with the trigger, says nothing of sources.
     db.batch_execute("DROP EXTENSION sqs_ingest").unwrap();
     assert_eq!(warnings(), Vec::<String>::new());
