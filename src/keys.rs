@@ -19,6 +19,15 @@ pub static RECOVERY_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<
 static PII_KEY: Mutex<Option<Vec<u8>>> = Mutex::new(None);
 static RECOVERY_KEY: Mutex<Option<Vec<u8>>> = Mutex::new(None);
 
+/// A key file the configuration names but that could not be used while no key was loaded:
+/// the path and why. Postgres then falls back to the setting's default, no file, and would mask
+/// without a key (or keep no originals) as if that had been asked for; instead, masking and
+/// ingesting are refused until a key loads (masking.rs, settings.rs). Set in the postmaster at
+/// start and reload, and so inherited by every process it forks, and again in each process
+/// that reloads.
+static PII_REFUSED: Mutex<Option<String>> = Mutex::new(None);
+static RECOVERY_REFUSED: Mutex<Option<String>> = Mutex::new(None);
+
 pub fn register() {
     // SAFETY: the hooks are #[pg_guard] functions that live as long as the library.
     unsafe {
@@ -57,6 +66,13 @@ pub fn recovery_key() -> Option<Vec<u8>> {
     RECOVERY_KEY.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// The key file named by the configuration that could not be used, with no key loaded: the
+/// path and why; `recovery` asks about `sqs_ingest.recovery_key_file`.
+pub fn refused(recovery: bool) -> Option<String> {
+    let refused = if recovery { &RECOVERY_REFUSED } else { &PII_REFUSED };
+    refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Reads the key at `path`, refusing a file others may read and content that is no key.
 fn read(path: &str, recovery: bool) -> Result<Vec<u8>, String> {
     let unreadable = |e: std::io::Error| format!("could not read it: {e}");
@@ -79,7 +95,14 @@ fn read(path: &str, recovery: bool) -> Result<Vec<u8>, String> {
 
 /// The check hook of both settings: reads the file and hands its key to the assign hook through
 /// `extra`; refuses the value, with the reason as the error's DETAIL, when the file will not do.
-unsafe fn check(newval: *mut *mut c_char, extra: *mut *mut c_void, recovery: bool) -> bool {
+/// A value from the configuration (a file, ALTER DATABASE or ROLE, the command line) refused
+/// while no key is loaded is remembered as refused; a SET is answered with its error instead.
+unsafe fn check(
+    newval: *mut *mut c_char,
+    extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+    recovery: bool,
+) -> bool {
     // SAFETY: Postgres passes the proposed value, a C string or NULL, and a slot for extra.
     unsafe {
         let path = if (*newval).is_null() { "" } else { CStr::from_ptr(*newval).to_str().unwrap_or("\u{FFFD}") };
@@ -93,6 +116,13 @@ unsafe fn check(newval: *mut *mut c_char, extra: *mut *mut c_void, recovery: boo
                 !(*extra).is_null()
             }
             Err(why) => {
+                use pg_sys::GucSource::{PGC_S_INTERACTIVE, PGC_S_SESSION, PGC_S_TEST};
+                let (key, refused) =
+                    if recovery { (&RECOVERY_KEY, &RECOVERY_REFUSED) } else { (&PII_KEY, &PII_REFUSED) };
+                let configured = !matches!(source, PGC_S_INTERACTIVE | PGC_S_SESSION | PGC_S_TEST);
+                if configured && key.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                    *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("\"{path}\": {why}"));
+                }
                 let detail = CString::new(format!("The key file \"{path}\" cannot be used: {why}."))
                     .unwrap_or_else(|_| c"The key file cannot be used.".to_owned());
                 pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
@@ -137,32 +167,35 @@ unsafe fn key_in(extra: *mut c_void) -> Option<Vec<u8>> {
 unsafe extern "C-unwind" fn check_pii_key_file(
     newval: *mut *mut c_char,
     extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
+    source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: as Postgres calls a check hook.
-    unsafe { check(newval, extra, false) }
+    unsafe { check(newval, extra, source, false) }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn check_recovery_key_file(
     newval: *mut *mut c_char,
     extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
+    source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: as Postgres calls a check hook.
-    unsafe { check(newval, extra, true) }
+    unsafe { check(newval, extra, source, true) }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn assign_pii_key_file(_newval: *const c_char, extra: *mut c_void) {
     // SAFETY: `extra` is what check_pii_key_file made for this value.
     *PII_KEY.lock().unwrap_or_else(|e| e.into_inner()) = unsafe { key_in(extra) };
+    // A value that passed its check: a key, or none asked for.
+    *PII_REFUSED.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn assign_recovery_key_file(_newval: *const c_char, extra: *mut c_void) {
     // SAFETY: `extra` is what check_recovery_key_file made for this value.
     *RECOVERY_KEY.lock().unwrap_or_else(|e| e.into_inner()) = unsafe { key_in(extra) };
+    *RECOVERY_REFUSED.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 /// Check hooks of the deprecated key settings: accept any value, and in the postmaster (once per

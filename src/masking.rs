@@ -1,12 +1,13 @@
 //! The SQL function mask_pii, which masks exactly as ingestion does.
 use crate::settings;
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 /// Lowercase hex of SHA-256, or HMAC-SHA256 keyed by `sqs_ingest.pii_key` when set. STABLE,
 /// not IMMUTABLE: its result depends on a setting. STRICT: NULL in, NULL out.
 #[pg_extern(stable, strict, parallel_safe)]
-fn mask_pii(value: &str) -> String {
-    settings::masker().mask(value)
+fn mask_pii(value: &str) -> Result<String, ErrorReport> {
+    Ok(settings::masker()?.mask(value))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

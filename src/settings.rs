@@ -266,6 +266,11 @@ pub enum SettingsError {
     Empty(&'static str),
     NotHttpUrl(&'static str),
     RecoveryKey(VaultError),
+    /// The configuration names a key file that could not be used, and no key is loaded.
+    KeyFile {
+        setting: &'static str,
+        problem: String,
+    },
 }
 
 impl fmt::Display for SettingsError {
@@ -276,6 +281,9 @@ impl fmt::Display for SettingsError {
                 write!(f, "sqs_ingest.{name} is not an http:// or https:// URL")
             }
             SettingsError::RecoveryKey(e) => write!(f, "sqs_ingest.recovery_key is unusable: {e}"),
+            SettingsError::KeyFile { setting, problem } => {
+                write!(f, "sqs_ingest.{setting} names a key file that cannot be used: {problem}")
+            }
         }
     }
 }
@@ -283,6 +291,12 @@ impl fmt::Display for SettingsError {
 impl From<SettingsError> for ErrorReport {
     fn from(e: SettingsError) -> Self {
         let hint = match e {
+            SettingsError::KeyFile { setting: "pii_key_file", .. } => {
+                "Nothing is masked or ingested meanwhile (messages wait in the queue): make the file usable (see the README's Keys) and SELECT pg_reload_conf(); or set sqs_ingest.pii_key_file to '' to mask without a key."
+            }
+            SettingsError::KeyFile { .. } => {
+                "Nothing is ingested meanwhile (messages wait in the queue; their originals could not be sealed): make the file usable (see the README's Keys) and SELECT pg_reload_conf(); or set sqs_ingest.recovery_key_file to '' to keep no originals."
+            }
             SettingsError::Empty("region") => {
                 "Set it, e.g. ALTER SYSTEM SET sqs_ingest.region = 'us-east-1'; SELECT pg_reload_conf();"
             }
@@ -291,7 +305,11 @@ impl From<SettingsError> for ErrorReport {
             }
             _ => "Set it to the queue's URL, e.g. https://sqs.us-east-1.amazonaws.com/123456789012/login-queue or http://localhost:4566/000000000000/login-queue.",
         };
-        report(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), hint)
+        let code = match e {
+            SettingsError::KeyFile { .. } => PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            _ => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        };
+        report(code, e.to_string(), hint)
     }
 }
 
@@ -368,7 +386,7 @@ pub fn fetch_settings(overrides: &Overrides) -> Result<FetchSettings, SettingsEr
         worker_wait: overrides.wait_seconds.unwrap_or_else(|| WORKER_WAIT.get()),
         in_flight: overrides.requests_in_flight.map_or_else(requests_in_flight, |n| n as usize),
         ledger_retention_seconds: LEDGER_RETENTION.get(),
-        masker: masker(),
+        masker: masker()?,
         sealer: sealer()?,
     })
 }
@@ -381,6 +399,9 @@ fn requests_in_flight() -> usize {
 /// The recovery sealer: from `sqs_ingest.recovery_key_file`, else the deprecated
 /// `sqs_ingest.recovery_key`; None when neither is set.
 pub fn sealer() -> Result<Option<Sealer>, SettingsError> {
+    if let Some(problem) = keys::refused(true) {
+        return Err(SettingsError::KeyFile { setting: "recovery_key_file", problem });
+    }
     let key =
         keys::recovery_key().map(|k| String::from_utf8_lossy(&k).into_owned()).unwrap_or_else(|| text(&RECOVERY_KEY));
     match key {
@@ -401,7 +422,11 @@ pub fn pii_key_is_set() -> bool {
     !pii_key().is_empty()
 }
 
-/// The masker for `mask_pii` and ingestion alike, so both always agree.
-pub fn masker() -> Masker {
-    Masker::new(&pii_key())
+/// The masker for `mask_pii` and ingestion alike, so both always agree; none while the
+/// configured key file cannot be used.
+pub fn masker() -> Result<Masker, SettingsError> {
+    if let Some(problem) = keys::refused(false) {
+        return Err(SettingsError::KeyFile { setting: "pii_key_file", problem });
+    }
+    Ok(Masker::new(&pii_key()))
 }

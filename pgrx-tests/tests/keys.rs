@@ -109,3 +109,75 @@ fn keys_come_from_files_are_read_again_on_reload_and_never_reach_a_log_or_a_conf
     println!("what the reload logged:\n{}", changed.join("\n"));
     assert_eq!(changed.len(), 2, "the reload logs both paths, and only paths");
 }
+
+/// The SQLSTATE, message and hint of a statement that must fail.
+fn refusal(db: &mut Client, sql: &str) -> (String, String, String) {
+    let e = db.batch_execute(sql).expect_err(sql);
+    let e = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+    (e.code().code().to_owned(), e.message().to_owned(), e.hint().unwrap_or_default().to_owned())
+}
+
+/// A standby or a restored server started without its key files (they live outside the data
+/// directory): Postgres falls back to no file, which would mask without a key and keep no
+/// originals as if asked to. The server starts, and masking and ingesting wait for the keys.
+#[test]
+fn a_key_file_unusable_at_start_stops_masking_and_ingesting_until_it_loads() {
+    let queue = Emulator::shared().queue("keys_unusable");
+    let keys = std::env::temp_dir().join(format!("keys_unusable-{}", std::process::id()));
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (pii, recovery) = (keys.join("pii_key"), keys.join("recovery_key"));
+    let c = Cluster::start(
+        "keys_unusable",
+        &[
+            "sqs_ingest.worker_enabled = off".to_owned(),
+            format!("sqs_ingest.pii_key_file = '{}'", pii.display()),
+            format!("sqs_ingest.recovery_key_file = '{}'", recovery.display()),
+        ],
+        &AWS_ENV,
+    );
+    assert_eq!(c.log_lines("invalid value for parameter \"sqs_ingest.pii_key_file\""), 1);
+    let mut db = c.with_extension("postgres");
+    point_at(&mut db, &queue.url);
+    queue.send(&valid(3, 73));
+
+    let (code, message, hint) = refusal(&mut db, "SELECT mask_pii('1.2.3.4')");
+    assert_eq!(code, "F0000", "{message}");
+    assert_eq!(
+        message,
+        format!(
+            "sqs_ingest: sqs_ingest.pii_key_file names a key file that cannot be used: \"{}\": could not read it: No such file or directory (os error 2)",
+            pii.display()
+        )
+    );
+    assert!(hint.starts_with("Nothing is masked or ingested meanwhile"), "{hint}");
+    assert_eq!(refusal(&mut db, "SELECT fetch_login_queue(10)").0, "F0000");
+    assert_eq!(queue.counts(), (3, 0), "refused before receiving");
+
+    // The masking key in place: masking works; the recovery key still missing, nothing is
+    // ingested without sealing the originals.
+    key_file(&keys, "pii_key", FILE_PII_KEY, 0o600);
+    reload(&mut db, "SELECT 1");
+    let keyed = || {
+        let masked =
+            c.connect("postgres").query_one("SELECT mask_pii('1.2.3.4')", &[]).ok().map(|r| r.get::<_, String>(0));
+        masked == Some(Masker::new(FILE_PII_KEY.as_bytes()).mask("1.2.3.4"))
+    };
+    wait_until("the masking key to load", WAIT, keyed);
+    let mut db = c.connect("postgres");
+    point_at(&mut db, &queue.url);
+    let (code, message, _) = refusal(&mut db, "SELECT fetch_login_queue(10)");
+    assert_eq!((code.as_str(), message.contains("sqs_ingest.recovery_key_file names")), ("F0000", true), "{message}");
+    assert_eq!(queue.counts(), (3, 0));
+
+    key_file(&keys, "recovery_key", FILE_RECOVERY_KEY, 0o600);
+    reload(&mut db, "SELECT 1");
+    wait_until("the recovery key to load", WAIT, || {
+        let mut db = c.connect("postgres");
+        point_at(&mut db, &queue.url);
+        db.query_one("SELECT fetch_login_queue(10)", &[]).is_ok_and(|r| r.get::<_, i32>(0) == 3)
+    });
+    assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.pii_vault"), 6, "every original sealed");
+    assert_eq!(c.log_lines("pii_key is not set"), 0, "never masked without its key");
+    std::fs::remove_dir_all(&keys).unwrap();
+}
