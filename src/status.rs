@@ -50,6 +50,8 @@ pub struct Slot {
     pub error: FixedText<ERROR_LEN>,
     /// The source being served, or served last.
     pub source: FixedText<NAME_LEN>,
+    /// Starts in a row that did not get through connecting to the database.
+    pub failed_starts: u32,
 }
 
 impl Slot {
@@ -63,6 +65,7 @@ impl Slot {
         duplicates: 0,
         error: FixedText::EMPTY,
         source: FixedText::EMPTY,
+        failed_starts: 0,
     };
 }
 
@@ -87,6 +90,11 @@ static ALLOCATED: AtomicBool = AtomicBool::new(false);
 pub fn allocate() {
     pg_shmem_init!(SLOTS);
     ALLOCATED.store(true, Ordering::Relaxed);
+}
+
+/// Reads worker `index`'s slot.
+pub fn read<R>(index: usize, look: impl FnOnce(&Slot) -> R) -> R {
+    look(&SLOTS.share().0[index])
 }
 
 /// Changes worker `index`'s slot.

@@ -28,6 +28,8 @@ const BACKLOG_MESSAGES: usize = 1000;
 const BACKLOG_TIME: Duration = Duration::from_secs(1);
 /// The wait of a backlog round's polls, in seconds.
 const BACKLOG_WAIT: i32 = 1;
+/// The longest pause before trying again to connect to a database that was not there.
+const MAX_CONNECT_PAUSE: Duration = Duration::from_secs(60);
 
 /// Registers the pool; called from _PG_init while shared_preload_libraries load.
 pub fn register() {
@@ -98,9 +100,33 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
     let index = unsafe { i32::from_datum(arg, false) }.unwrap_or(0) as usize;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = settings::worker_database();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     // SAFETY: reads this process's pid.
     let pid = unsafe { pg_sys::MyProcPid };
+    // A start that did not get through connecting (the database missing, dropped WITH (FORCE),
+    // or not accepting connections) is followed by longer and longer pauses, up to a minute:
+    // Postgres logs a FATAL for each try, which would otherwise come every restart interval.
+    let failed = status::read(index, |s| s.failed_starts);
+    if failed > 0 {
+        let pause = (Duration::from_secs(WORKER_RESTART_INTERVAL.get() as u64) * 2u32.saturating_pow(failed))
+            .min(MAX_CONNECT_PAUSE);
+        let text = format!(
+            "could not connect to database \"{database}\" (sqs_ingest.database; see the FATAL before: does it exist, does it accept connections?); trying again in {} s",
+            pause.as_secs()
+        );
+        log!("sqs_ingest worker {index} {text}");
+        status::update(index, |s| {
+            s.pid = pid;
+            s.state = State::Starting;
+            s.error.set(Some(&text));
+        });
+        wait_for_change(pause, catalog::generation());
+        if shutdown_requested() {
+            // SAFETY: ends this process the way Postgres expects; the postmaster is stopping it.
+            unsafe { pg_sys::proc_exit(1) }
+        }
+    }
+    status::update(index, |s| s.failed_starts = failed.saturating_add(1));
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     status::update(index, |s| {
         *s = status::Slot::EMPTY;
         s.pid = pid;

@@ -105,6 +105,42 @@ fn worker_idles_quietly_without_the_extension_then_starts() {
     wait_until("the recovery to be logged", WAIT, || c.log_lines("ingesting again") == 1);
 }
 
+/// sqs_ingest.database named before the database exists, and the database dropped WITH (FORCE)
+/// (a plain DROP DATABASE waits 5 s for the worker and fails, 55006): the worker tries again
+/// less and less often instead of a FATAL every restart interval, and ingests there once the
+/// database and the extension are back.
+#[test]
+fn a_missing_database_is_waited_for_quietly_and_served_once_created() {
+    let queue = Emulator::shared().queue("worker_missing_db");
+    let c = Cluster::with_workers("worker_missing_db", &queue.url, &["sqs_ingest.database = 'later'"]);
+    let mut admin = c.with_extension("postgres");
+    let tries = || c.log_lines("FATAL:  database \"later\" does not exist");
+    // The restart interval is 1 s here: ten tries in 10 s before, now 1 + pauses of 2, 4, 8 s.
+    wait_until("the first pause", WAIT, || {
+        count(
+            &mut admin,
+            "SELECT count(*) FROM sqs_ingest.worker_status
+             WHERE state = 'starting' AND last_error LIKE 'could not connect to database \"later\"%'",
+        ) == 1
+    });
+    holds_for("few tries", Duration::from_secs(10), || tries() <= 4);
+    assert!(c.log_lines("could not connect to database \"later\"") >= 1);
+
+    admin.batch_execute("CREATE DATABASE later").unwrap();
+    let mut db = c.with_extension("later");
+    queue.send(&valid(5, 97));
+    wait_for_rows(&mut db, 5);
+
+    drop(db);
+    admin.batch_execute("DROP DATABASE later WITH (FORCE)").unwrap();
+    let before = tries();
+    holds_for("few tries after the drop", Duration::from_secs(6), || tries() <= before + 3);
+    admin.batch_execute("CREATE DATABASE later").unwrap();
+    let mut db = c.with_extension("later");
+    queue.send(&valid(5, 101));
+    wait_for_rows(&mut db, 5);
+}
+
 #[test]
 fn endpoint_down_then_back_loses_nothing() {
     let emulator = Emulator::shared();
