@@ -76,6 +76,13 @@ pub fn wait_for<T: std::fmt::Debug>(
     }
 }
 
+/// The SQLSTATE, message and hint (empty when none) of a statement that must fail.
+pub fn refused(db: &mut postgres::Client, sql: &str) -> (String, String, String) {
+    let e = db.batch_execute(sql).expect_err(sql);
+    let e = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+    (e.code().code().to_owned(), e.message().to_owned(), e.hint().unwrap_or_default().to_owned())
+}
+
 /// Checks `condition` every 100 ms for `duration`: for things that must not happen (a disabled
 /// worker receiving, a log line repeated). Panics as soon as it fails.
 pub fn holds_for(what: &str, duration: Duration, mut condition: impl FnMut() -> bool) {

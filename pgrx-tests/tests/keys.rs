@@ -8,7 +8,7 @@ use sqs_ingest_core::masking::Masker;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, valid};
 use sqs_ingest_it::secrets::{self, FILE_PII_KEY, FILE_RECOVERY_KEY, ROTATED_PII_KEY};
-use sqs_ingest_it::{cluster::bin, count, fetch, key_file, point_at, wait_until, Cluster, Emulator, WAIT};
+use sqs_ingest_it::{cluster::bin, count, fetch, key_file, point_at, refused, wait_until, Cluster, Emulator, WAIT};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -110,13 +110,6 @@ fn keys_come_from_files_are_read_again_on_reload_and_never_reach_a_log_or_a_conf
     assert_eq!(changed.len(), 2, "the reload logs both paths, and only paths");
 }
 
-/// The SQLSTATE, message and hint of a statement that must fail.
-fn refusal(db: &mut Client, sql: &str) -> (String, String, String) {
-    let e = db.batch_execute(sql).expect_err(sql);
-    let e = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
-    (e.code().code().to_owned(), e.message().to_owned(), e.hint().unwrap_or_default().to_owned())
-}
-
 /// A standby or a restored server started without its key files (they live outside the data
 /// directory): Postgres falls back to no file, which would mask without a key and keep no
 /// originals as if asked to. The server starts, and masking and ingesting wait for the keys.
@@ -141,7 +134,7 @@ fn a_key_file_unusable_at_start_stops_masking_and_ingesting_until_it_loads() {
     point_at(&mut db, &queue.url);
     queue.send(&valid(3, 73));
 
-    let (code, message, hint) = refusal(&mut db, "SELECT mask_pii('1.2.3.4')");
+    let (code, message, hint) = refused(&mut db, "SELECT mask_pii('1.2.3.4')");
     assert_eq!(code, "F0000", "{message}");
     assert_eq!(
         message,
@@ -151,7 +144,7 @@ fn a_key_file_unusable_at_start_stops_masking_and_ingesting_until_it_loads() {
         )
     );
     assert!(hint.starts_with("Nothing is masked or ingested meanwhile"), "{hint}");
-    assert_eq!(refusal(&mut db, "SELECT fetch_login_queue(10)").0, "F0000");
+    assert_eq!(refused(&mut db, "SELECT fetch_login_queue(10)").0, "F0000");
     assert_eq!(queue.counts(), (3, 0), "refused before receiving");
 
     // The masking key in place: masking works; the recovery key still missing, nothing is
@@ -166,7 +159,7 @@ fn a_key_file_unusable_at_start_stops_masking_and_ingesting_until_it_loads() {
     wait_until("the masking key to load", WAIT, keyed);
     let mut db = c.connect("postgres");
     point_at(&mut db, &queue.url);
-    let (code, message, _) = refusal(&mut db, "SELECT fetch_login_queue(10)");
+    let (code, message, _) = refused(&mut db, "SELECT fetch_login_queue(10)");
     assert_eq!((code.as_str(), message.contains("sqs_ingest.recovery_key_file names")), ("F0000", true), "{message}");
     assert_eq!(queue.counts(), (3, 0));
 

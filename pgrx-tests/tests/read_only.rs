@@ -2,18 +2,10 @@
 //! copies the primary's preload and sqs_ingest settings), and a server made read-only for a
 //! cutover. Nothing is received from SQS there, so no message is hidden from the consumers that
 //! can store it; ingestion goes on where writing is possible again.
-use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
-use sqs_ingest_it::{count, holds_for, wait_until, Cluster, Emulator, WAIT};
+use sqs_ingest_it::{count, holds_for, refused, wait_until, Cluster, Emulator, WAIT};
 use std::time::Duration;
-
-/// The SQLSTATE, message and hint of a statement that must fail.
-fn refused(db: &mut Client, sql: &str) -> (String, String, String) {
-    let e = db.batch_execute(sql).expect_err(sql);
-    let e = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
-    (e.code().code().to_owned(), e.message().to_owned(), e.hint().unwrap_or_default().to_owned())
-}
 
 #[test]
 fn a_standby_neither_polls_nor_takes_messages_and_ingests_once_promoted() {
