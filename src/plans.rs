@@ -9,24 +9,48 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 thread_local! {
-    static PLANS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    /// The reading statements' plans, then the writing ones', by their text.
+    static PLANS: RefCell<[HashMap<String, OwnedPreparedStatement>; 2]> = RefCell::new(Default::default());
 }
 
-/// Runs `sql` with `args` through its kept plan, planned on first use for the arguments'
-/// types, and reads what it returned with `read`. An ERROR of the statement propagates as it
-/// is.
+/// Runs the reading statement `sql` with `args` through its kept plan, planned on first use for
+/// the arguments' types, and reads what it returned with `read`. It takes no transaction id,
+/// so that an idle worker's catalog reads write no WAL and run on a standby. An ERROR of the
+/// statement propagates as it is.
+pub fn read<R>(
+    sql: &str,
+    args: &[DatumWithOid],
+    read: impl FnOnce(SpiTupleTable) -> Result<R, SpiError>,
+) -> Result<R, SpiError> {
+    kept(false, sql, args, read)
+}
+
+/// As [`read`], for a statement that writes (INSERT, DELETE): it takes a transaction id.
 pub fn run<R>(
+    sql: &str,
+    args: &[DatumWithOid],
+    read: impl FnOnce(SpiTupleTable) -> Result<R, SpiError>,
+) -> Result<R, SpiError> {
+    kept(true, sql, args, read)
+}
+
+fn kept<R>(
+    writes: bool,
     sql: &str,
     args: &[DatumWithOid],
     read: impl FnOnce(SpiTupleTable) -> Result<R, SpiError>,
 ) -> Result<R, SpiError> {
     Spi::connect_mut(|client| {
         PLANS.with_borrow_mut(|plans| {
+            let plans = &mut plans[writes as usize];
             if !plans.contains_key(sql) {
                 let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-                plans.insert(sql.to_owned(), client.prepare_mut(sql, &types)?.keep());
+                let plan = if writes { client.prepare_mut(sql, &types)? } else { client.prepare(sql, &types)? };
+                plans.insert(sql.to_owned(), plan.keep());
             }
-            read(client.update(&plans[sql], None, args)?)
+            let plan = &plans[sql];
+            // select runs read-only (no transaction id) unless the transaction already wrote.
+            read(if writes { client.update(plan, None, args)? } else { client.select(plan, None, args)? })
         })
     })
 }

@@ -33,7 +33,7 @@ pub fn run_as<R>(role: pg_sys::Oid, restricted: bool, body: impl FnOnce() -> R) 
 /// created in this database.
 pub fn as_extension<R>(body: impl FnOnce() -> R) -> Option<R> {
     let owner: pg_sys::Oid =
-        plans::run("SELECT extowner FROM pg_extension WHERE extname = 'sqs_ingest'", &[], |t| t.first().get_one())
+        plans::read("SELECT extowner FROM pg_extension WHERE extname = 'sqs_ingest'", &[], |t| t.first().get_one())
             .ok()
             .flatten()?;
     Some(run_as(owner, true, || with_setting(c"search_path", c"pg_catalog, pg_temp", body)))

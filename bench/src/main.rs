@@ -6,6 +6,7 @@ mod instructions;
 mod latency;
 mod masking;
 mod memory;
+mod pool;
 mod refusal;
 mod requests;
 mod scaling;
@@ -26,13 +27,20 @@ pub struct Args {
     pub rounds: usize,
     /// Messages the worker ingests while its memory is watched (P7).
     pub rss: usize,
+    /// The sections to run (`--only drains,pool`); all when empty.
+    pub only: Vec<String>,
 }
 
 impl Args {
     fn parse() -> Args {
-        let mut args = Args { messages: 5000, rounds: 5, rss: 20_000 };
+        let mut args = Args { messages: 5000, rounds: 5, rss: 20_000, only: Vec::new() };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
+            if flag == "--only" {
+                let names = it.next().unwrap_or_else(|| usage());
+                args.only = names.split(',').map(str::to_owned).collect();
+                continue;
+            }
             let value = it.next().and_then(|v| v.parse().ok());
             let slot = match flag.as_str() {
                 "--messages" => &mut args.messages,
@@ -47,7 +55,10 @@ impl Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: sqs_ingest_bench [--messages N (5000)] [--rounds R (5)] [--rss N (20000)]");
+    eprintln!(
+        "usage: sqs_ingest_bench [--messages N (5000)] [--rounds R (5)] [--rss N (20000)] [--only SECTION,... ({})]",
+        SECTIONS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(",")
+    );
     std::process::exit(2)
 }
 
@@ -109,6 +120,21 @@ impl Bench<'_> {
     }
 }
 
+/// The sections in the order they run, by the names `--only` takes.
+const SECTIONS: [(&str, fn(&Bench) -> Vec<Row>); 10] = [
+    ("masking", masking::run),
+    ("first_call", latency::first_call),
+    ("drains", drains::run),
+    ("send_to_row", latency::send_to_row),
+    ("requests", requests::run),
+    ("memory", memory::run),
+    ("scaling", scaling::run),
+    ("refusal", refusal::run),
+    ("pool", pool::run),
+    // Last: it restarts the cluster under valgrind.
+    ("instructions", instructions::run),
+];
+
 fn main() {
     let args = Args::parse();
     let log = std::env::temp_dir().join(format!("sqs_ingest-bench-localstack-{}.log", std::process::id()));
@@ -128,20 +154,11 @@ fn main() {
     let bench = Bench { args: &args, queue, cluster, emulator: &emulator };
     println!("{}", machine());
 
-    let sections: [fn(&Bench) -> Vec<Row>; 9] = [
-        masking::run,
-        latency::first_call,
-        drains::run,
-        latency::send_to_row,
-        requests::run,
-        memory::run,
-        scaling::run,
-        refusal::run,
-        // Last: it restarts the cluster under valgrind.
-        instructions::run,
-    ];
     let mut rows = Vec::new();
-    for section in sections {
+    for (name, section) in SECTIONS {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
         let new = section(&bench);
         // Each section's lines as soon as they are known, then all of them in one table.
         new.iter().for_each(|r| println!("{}", r.line()));

@@ -59,6 +59,13 @@ impl Cluster {
     /// initdb in a fresh directory and start the server with `settings` appended to
     /// postgresql.conf and `env` as the postmaster's only environment (besides PATH and LANG).
     pub fn start(name: &str, settings: &[String], env: &[(&str, &str)]) -> Cluster {
+        let cluster = Cluster::init(name, settings);
+        cluster.pg_ctl_start(env, &[]);
+        cluster
+    }
+
+    /// initdb in a fresh directory with `settings` appended to postgresql.conf; not started.
+    fn init(name: &str, settings: &[String]) -> Cluster {
         let dir = fresh_dir(name);
         let data = dir.join("data");
         run({
@@ -74,7 +81,28 @@ impl Cluster {
             conf.push_str(s);
             conf.push('\n');
         }
-        Cluster::configure_and_start(dir, &conf, env)
+        Cluster::configure(dir, &conf)
+    }
+
+    /// Stops this cluster and upgrades it with pg_upgrade (same major, copy mode) into a new
+    /// one made with `settings`, which is started with `env`; pg_upgrade's output is returned.
+    /// pg_upgrade starts both servers in binary-upgrade mode and re-creates every database.
+    pub fn upgrade(&self, name: &str, settings: &[String], env: &[(&str, &str)]) -> (Cluster, String) {
+        self.stop();
+        let new = Cluster::init(name, settings);
+        let mut c = as_postgres("/usr/bin/env");
+        c.args(["-i", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]);
+        c.arg(format!("{}/pg_upgrade", bin()));
+        c.args(["-b", bin(), "-B", bin(), "-U", "postgres", "--no-sync"]);
+        c.args(["-d", self.data().to_str().unwrap(), "-D", new.data().to_str().unwrap()]);
+        c.args(["-p", &self.port.to_string(), "-P", &new.port.to_string()]);
+        // Its sockets and logs go to the working directory.
+        c.current_dir(&new.dir);
+        let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "pg_upgrade failed:\n{text}");
+        new.pg_ctl_start(env, &[]);
+        (new, text)
     }
 
     /// A streaming standby of this cluster as `pg_basebackup -R` makes one, started: its data
@@ -88,11 +116,13 @@ impl Cluster {
             c.args(["-D", dir.join("data").to_str().unwrap(), "-R", "-X", "stream", "--no-sync"]);
             c
         });
-        Cluster::configure_and_start(dir, "", env)
+        let cluster = Cluster::configure(dir, "");
+        cluster.pg_ctl_start(env, &[]);
+        cluster
     }
 
-    /// Appends a port, the socket directory and `conf` to `dir`'s postgresql.conf, and starts it.
-    fn configure_and_start(dir: PathBuf, conf: &str, env: &[(&str, &str)]) -> Cluster {
+    /// Appends a port, the socket directory and `conf` to `dir`'s postgresql.conf.
+    fn configure(dir: PathBuf, conf: &str) -> Cluster {
         let port = free_port();
         let conf = format!("port = {port}\nunix_socket_directories = '{}'\n{conf}", dir.display());
         std::fs::OpenOptions::new()
@@ -100,9 +130,7 @@ impl Cluster {
             .open(dir.join("data").join("postgresql.conf"))
             .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
             .unwrap();
-        let cluster = Cluster { dir, port };
-        cluster.pg_ctl_start(env, &[]);
-        cluster
+        Cluster { dir, port }
     }
 
     /// Promotes a standby to a primary and waits until it is one.

@@ -237,3 +237,74 @@ fn drop_another_database(db: &mut Client, worker_state: &str) {
     eprintln!("DROP DATABASE with the worker {worker_state}: {} ms", took.as_millis());
     assert!(took < Duration::from_secs(1), "DROP DATABASE with the worker {worker_state} took {took:?}");
 }
+
+/// No source waits for another: one worker keeps a receive of each of its sources in flight at
+/// once, so a busy source's messages arrive while three idle ones long-poll for 20 s (before,
+/// the sources were polled in turn, each idle one holding the others for 20 / 4 = 5 s).
+#[test]
+fn idle_sources_do_not_hold_a_busy_ones_messages() {
+    let emulator = Emulator::shared();
+    let busy = emulator.queue("pool_busy");
+    let idle: Vec<_> = (0..3).map(|i| emulator.queue(&format!("pool_idle_{i}"))).collect();
+    let c = Cluster::with_workers("pool_idle", &busy.url, &["sqs_ingest.worker_wait = 20"]);
+    let mut db = c.with_extension("postgres");
+    db.batch_execute("CREATE TABLE events (body jsonb)").unwrap();
+    for (i, queue) in idle.iter().enumerate() {
+        db.execute(
+            "SELECT sqs_ingest.create_source($1, $2, 'events', '{\"body\": \"body\"}')",
+            &[&format!("idle_{i}"), &queue.url],
+        )
+        .unwrap();
+    }
+    wait_until("every idle source's first long poll", WAIT, || {
+        count(
+            &mut db,
+            "SELECT count(*) FROM sqs_ingest.source_status WHERE source LIKE 'idle%' AND receive_requests > 0",
+        ) == 3
+    });
+    for round in 1..=3 {
+        let sent = Instant::now();
+        busy.send(&valid(10, 230 + round));
+        wait_for_rows(&mut db, 10 * round as i64);
+        let took = sent.elapsed();
+        eprintln!("round {round}: 10 messages beside 3 idle sources stored in {} ms", took.as_millis());
+        assert!(took < Duration::from_secs(5), "round {round} took {took:?}: the idle sources held it");
+    }
+    assert_eq!(count(&mut db, "SELECT count(*) FROM events"), 0);
+}
+
+/// Idle means idle: an idle worker reads the catalog without a transaction id, so its polls
+/// commit nothing and write no WAL (with archive_timeout set, each write would archive a
+/// segment). wal_level minimal: the bgwriter's standby snapshots after the setup's writes
+/// would otherwise come and go while the worker is watched.
+#[test]
+fn an_idle_worker_writes_no_wal() {
+    let queue = Emulator::shared().queue("idle_wal");
+    let c = Cluster::with_workers(
+        "idle_wal",
+        &queue.url,
+        &["sqs_ingest.worker_wait = 1", "wal_level = minimal", "max_wal_senders = 0", "autovacuum = off"],
+    );
+    let mut db = c.with_extension("postgres");
+    queue.send(&valid(3, 239));
+    wait_for_rows(&mut db, 3);
+    wait_until("the deletes", WAIT, || queue.counts() == (0, 0));
+    let polls =
+        |db: &mut Client| count(db, "SELECT empty_receives FROM sqs_ingest.source_status WHERE source = 'login'");
+    let lsn = |db: &mut Client| db.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get::<_, String>(0);
+    // Reads prune what the setup left dead in the pages they visit (once, by whichever process
+    // comes first): the WAL has settled when five polls in a row wrote none.
+    let (mut start, mut since) = (lsn(&mut db), polls(&mut db));
+    wait_until("five polls in a row without WAL", WAIT, || {
+        let (now, polled) = (lsn(&mut db), polls(&mut db));
+        if now != start {
+            (start, since) = (now, polled);
+        }
+        polled >= since + 5
+    });
+    let polled = polls(&mut db);
+    holds_for("no WAL written by the idle worker", Duration::from_secs(60), || lsn(&mut db) == start);
+    let during = polls(&mut db) - polled;
+    eprintln!("60 s idle: {during} empty polls, WAL at {start} throughout");
+    assert!(during >= 30, "the worker kept polling: {during} empty polls in 60 s");
+}

@@ -24,6 +24,7 @@ fn fetch(name: &str, max: Option<i32>) -> Result<i32, ErrorReport> {
     let settings = settings::fetch_settings(&source.overrides)?;
     let sink = Sink::resolve(&source)?;
     prune_ledger(settings.ledger_retention_seconds);
+    let fifo = settings.queue.is_fifo();
     let mut remaining = max;
     let mut total = Stored::default();
     while remaining > 0 {
@@ -45,8 +46,15 @@ fn fetch(name: &str, max: Option<i32>) -> Result<i32, ErrorReport> {
         if receipt.messages.is_empty() {
             break;
         }
+        let asked = remaining as usize;
+        // From a FIFO queue, groups are held until their messages are deleted after the
+        // commit: once an answer came back empty, another receive would find no free group.
+        let more = !fifo || receipt.more_now(asked, fifo);
         remaining -= receipt.messages.len() as i32;
         total += ingest(name, &sink, &settings, receipt.messages);
+        if !more {
+            break;
+        }
     }
     if total.dead_letters > 0 || total.duplicates > 0 {
         notice!(

@@ -29,7 +29,7 @@ enum Shape {
 impl Target {
     pub fn resolve() -> Result<Target, IngestError> {
         // Scalar subqueries: one row, NULLs when the extension is not created here.
-        let (table, version): (Option<String>, Option<String>) = plans::run(
+        let (table, version): (Option<String>, Option<String>) = plans::read(
             "SELECT (SELECT quote_ident(n.nspname) || '.' || quote_ident($1) FROM pg_extension e \
                      JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'sqs_ingest'), \
                     (SELECT extversion FROM pg_extension WHERE extname = 'sqs_ingest')",
@@ -38,7 +38,7 @@ impl Target {
         )
         .map_err(IngestError::spi("finding the extension's schema"))?;
         let table = table.ok_or(IngestError::NoExtension)?;
-        let found: Vec<(String, String, Option<i32>)> = plans::run(
+        let found: Vec<(String, String, Option<i32>)> = plans::read(
             "SELECT a.attname::text, t.typname::text, \
                             CASE WHEN t.typname IN ('varchar', 'bpchar') AND a.atttypmod >= 4 \
                                  THEN a.atttypmod - 4 END \

@@ -46,7 +46,7 @@ impl Mapping {
     /// The mapping of `source` (not the login source), on its table as it is now.
     pub fn resolve(source: &Source) -> Result<Mapping, SourceError> {
         let oid = source.target.expect("a mapped source has a target");
-        let found = plans::run(
+        let found = plans::read(
             "SELECT format('%I.%I', n.nspname, c.relname), c.relname::text, c.relkind::text,
                     (SELECT quote_ident(x.nspname) FROM pg_extension e
                      JOIN pg_namespace x ON x.oid = e.extnamespace WHERE e.extname = 'sqs_ingest'),
@@ -171,7 +171,7 @@ impl Mapping {
 }
 
 fn table_columns(oid: pg_sys::Oid) -> Result<Vec<Column>, SourceError> {
-    plans::run(
+    plans::read(
         "SELECT a.attname::text, a.attgenerated <> '' OR a.attidentity <> '',
                 pg_get_expr(d.adbin, d.adrelid)
          FROM pg_attribute a

@@ -59,7 +59,7 @@ impl Source {
     /// The sources named `name` (every one when None). A database whose extension predates the
     /// catalog (before 0.3.0) has the login source only, as its settings configure it.
     fn select(name: Option<&str>) -> Result<Vec<Source>, SourceError> {
-        let (extension, catalog): (Option<bool>, Option<bool>) = plans::run(
+        let (extension, catalog): (Option<bool>, Option<bool>) = plans::read(
             "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'sqs_ingest'), \
                     to_regclass('sqs_ingest.sources') IS NOT NULL",
             &[],
@@ -84,7 +84,7 @@ impl Source {
                 }],
             });
         }
-        plans::run(
+        plans::read(
             "SELECT name, queue_url, target::oid, columns IS NOT NULL,
                             ARRAY(SELECT key FROM jsonb_each_text(columns) ORDER BY key),
                             ARRAY(SELECT value FROM jsonb_each_text(columns) ORDER BY key),

@@ -112,12 +112,18 @@ impl Queue {
         wait_seconds: i32,
         between: impl FnMut() -> bool,
     ) -> Option<Result<Receipt, SqsError>> {
-        let received = run(self.receive_many(max, in_flight, wait_seconds), between);
-        // Logged here, on the main thread: no Postgres call may run inside a future.
-        if let Some(target) = DETECTED.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            pgrx::log!("sqs_ingest: {target} speaks only the SQS Query protocol; using it from now on (sqs_ingest.protocol = auto)");
-        }
-        received
+        run(self.receive_many(max, in_flight, wait_seconds), between)
+    }
+
+    /// The receive of [`Queue::receive_blocking`] as a future that owns its queue, for a caller
+    /// that drives several at once through [`run`].
+    pub fn receive(
+        self,
+        max: usize,
+        in_flight: usize,
+        wait_seconds: i32,
+    ) -> impl Future<Output = Result<Receipt, SqsError>> {
+        async move { self.receive_many(max, in_flight, wait_seconds).await }
     }
 
     /// ReceiveMessage requests for `max` messages in all, ten per request and at most
@@ -271,6 +277,36 @@ pub struct Receipt {
     pub empty: usize,
 }
 
+impl Receipt {
+    /// Whether a further receive now, in the same transaction, is likely to find more: every
+    /// request brought all it asked for (`asked` in all); from a FIFO queue, every request
+    /// brought a group, since SQS holds a group while its messages are in flight (until they
+    /// are deleted after the commit) and an empty answer means every free group was taken.
+    pub fn more_now(&self, asked: usize, fifo: bool) -> bool {
+        if fifo {
+            self.empty == 0 && !self.messages.is_empty()
+        } else {
+            self.messages.len() == asked
+        }
+    }
+
+    /// Whether a backlog is likely once this receipt's messages are deleted: as [`more_now`],
+    /// or, from a FIFO queue, a group that filled an answer.
+    ///
+    /// [`more_now`]: Receipt::more_now
+    pub fn backlog(&self, asked: usize, fifo: bool) -> bool {
+        self.more_now(asked, fifo) || (fifo && self.messages.len() >= BATCH)
+    }
+
+    /// The FIFO groups its messages belong to.
+    pub fn groups(&self) -> usize {
+        let mut groups: Vec<&str> = self.messages.iter().filter_map(|m| m.group_id.as_deref()).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups.len()
+    }
+}
+
 /// What deleting a set of messages came to.
 #[derive(Debug, Default)]
 pub struct Deleted {
@@ -361,6 +397,10 @@ pub fn run<F: Future>(fut: F, mut between: impl FnMut() -> bool) -> Option<F::Ou
     let mut fut = std::pin::pin!(fut);
     loop {
         let slice = with_signals_blocked(|| rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await }));
+        // Logged here, on the main thread: no Postgres call may run inside a future.
+        if let Some(target) = DETECTED.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            pgrx::log!("sqs_ingest: {target} speaks only the SQS Query protocol; using it from now on (sqs_ingest.protocol = auto)");
+        }
         match slice {
             Ok(out) => return Some(out),
             Err(_) if between() => {}
