@@ -26,7 +26,7 @@ pub static REQUESTS_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static PROTOCOL: GucSetting<Protocol> = GucSetting::<Protocol>::new(Protocol::Auto);
 pub static LEDGER_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(LEDGER_RETENTION_DEFAULT);
 
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WORKER_WAIT: GucSetting<i32> = GucSetting::<i32>::new(MAX_WAIT_SECONDS);
@@ -170,7 +170,7 @@ pub fn register() {
     );
     GucRegistry::define_string_guc(
         c"sqs_ingest.database",
-        c"Database the background workers ingest into.",
+        c"The one database the background workers serve; empty: every database where the extension is created.",
         c"",
         &DATABASE,
         GucContext::Postmaster,
@@ -256,7 +256,7 @@ pub fn worker_count() -> usize {
     WORKERS.get() as usize
 }
 
-/// The database the workers connect to.
+/// The one database the workers serve; empty: every one with the extension.
 pub fn worker_database() -> String {
     text(&DATABASE)
 }

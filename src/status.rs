@@ -1,6 +1,6 @@
 //! Shared-memory status of the background workers, shown by the view sqs_ingest.worker_status:
-//! what each is doing, and for which source.
-use crate::settings::MAX_WORKERS;
+//! in which database each works, what it is doing, and for which source. The launcher hands out
+//! the slots, one per worker.
 use crate::shmem::FixedText;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const ERROR_LEN: usize = 240;
 /// Longest source name (a catalog CHECK allows 63 bytes).
 pub const NAME_LEN: usize = 64;
+/// Workers of all databases together: sqs_ingest.workers per database served.
+pub const MAX_SLOTS: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -39,6 +41,10 @@ impl State {
 
 #[derive(Clone, Copy)]
 pub struct Slot {
+    /// The database served; InvalidOid: a free slot.
+    pub database: pg_sys::Oid,
+    /// The worker's number among its database's workers.
+    pub index: usize,
     pub pid: i32,
     pub state: State,
     pub last_poll: Option<pg_sys::TimestampTz>,
@@ -50,12 +56,14 @@ pub struct Slot {
     pub error: FixedText<ERROR_LEN>,
     /// The source being served, or served last.
     pub source: FixedText<NAME_LEN>,
-    /// Starts in a row that did not get through connecting to the database.
-    pub failed_starts: u32,
+    /// Set by a worker that found no extension in its database, before it exits.
+    pub without_extension: bool,
 }
 
 impl Slot {
     pub const EMPTY: Slot = Slot {
+        database: pg_sys::Oid::INVALID,
+        index: 0,
         pid: 0,
         state: State::Stopped,
         last_poll: None,
@@ -65,16 +73,16 @@ impl Slot {
         duplicates: 0,
         error: FixedText::EMPTY,
         source: FixedText::EMPTY,
-        failed_starts: 0,
+        without_extension: false,
     };
 }
 
 #[derive(Clone, Copy)]
-pub struct Slots([Slot; MAX_WORKERS]);
+pub struct Slots([Slot; MAX_SLOTS]);
 
 impl Default for Slots {
     fn default() -> Self {
-        Slots([Slot::EMPTY; MAX_WORKERS])
+        Slots([Slot::EMPTY; MAX_SLOTS])
     }
 }
 
@@ -92,14 +100,30 @@ pub fn allocate() {
     ALLOCATED.store(true, Ordering::Relaxed);
 }
 
-/// Reads worker `index`'s slot.
-pub fn read<R>(index: usize, look: impl FnOnce(&Slot) -> R) -> R {
-    look(&SLOTS.share().0[index])
+/// Reads slot `slot`.
+pub fn read<R>(slot: usize, look: impl FnOnce(&Slot) -> R) -> R {
+    look(&SLOTS.share().0[slot])
 }
 
-/// Changes worker `index`'s slot.
-pub fn update(index: usize, change: impl FnOnce(&mut Slot)) {
-    change(&mut SLOTS.exclusive().0[index]);
+/// Changes slot `slot`.
+pub fn update(slot: usize, change: impl FnOnce(&mut Slot)) {
+    change(&mut SLOTS.exclusive().0[slot]);
+}
+
+/// Takes a free slot for worker `index` of `database`; None when all are taken.
+pub fn take(database: pg_sys::Oid, index: usize) -> Option<usize> {
+    let mut slots = SLOTS.exclusive();
+    let free = slots.0.iter().position(|s| s.database == pg_sys::Oid::INVALID)?;
+    slots.0[free] = Slot { database, index, state: State::Starting, ..Slot::EMPTY };
+    Some(free)
+}
+
+/// The pids of the workers serving `database`.
+pub fn pids(database: pg_sys::Oid) -> Vec<i32> {
+    if !ALLOCATED.load(Ordering::Relaxed) {
+        return Vec::new();
+    }
+    SLOTS.share().0.iter().filter(|s| s.database == database && s.pid != 0).map(|s| s.pid).collect()
 }
 
 pub fn now() -> pg_sys::TimestampTz {
@@ -116,11 +140,12 @@ mod sqs_ingest {
     use pgrx::prelude::*;
     use std::sync::atomic::Ordering;
 
-    /// One row per configured worker; none when sqs_ingest is not preloaded.
+    /// One row per worker of every database; none when sqs_ingest is not preloaded.
     #[pg_extern(volatile)]
     fn worker_status_rows() -> TableIterator<
         'static,
         (
+            name!(database, Option<String>),
             name!(worker, i32),
             name!(pid, Option<i32>),
             name!(source, Option<String>),
@@ -134,13 +159,15 @@ mod sqs_ingest {
         ),
     > {
         let rows: Vec<_> = if ALLOCATED.load(Ordering::Relaxed) {
-            let slots = SLOTS.share().0;
-            slots[..crate::settings::worker_count()]
+            let mut slots: Vec<_> =
+                SLOTS.share().0.into_iter().filter(|s| s.database != pg_sys::Oid::INVALID).collect();
+            slots.sort_by_key(|s| (s.database.to_u32(), s.index));
+            slots
                 .iter()
-                .enumerate()
-                .map(|(i, s)| {
+                .map(|s| {
                     (
-                        i as i32,
+                        database_name(s.database),
+                        s.index as i32,
                         (s.pid != 0).then_some(s.pid),
                         s.source.get(),
                         s.state.name().to_owned(),
@@ -157,6 +184,14 @@ mod sqs_ingest {
             Vec::new()
         };
         TableIterator::new(rows)
+    }
+
+    /// A database's name; None once it is dropped.
+    fn database_name(oid: pg_sys::Oid) -> Option<String> {
+        // SAFETY: reads pg_database in the current transaction; the name is palloc'd or NULL.
+        let name = unsafe { pg_sys::get_database_name(oid) };
+        // SAFETY: a NUL-terminated string when not NULL.
+        (!name.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned())
     }
 }
 

@@ -103,6 +103,11 @@ fn update_from_0_5_0_keeps_everything_and_equals_a_fresh_install() {
     update_from("0.5.0");
 }
 
+#[test]
+fn update_from_0_6_0_keeps_everything_and_equals_a_fresh_install() {
+    update_from("0.6.0");
+}
+
 /// CREATE EXTENSION creates cluster-wide roles when missing: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

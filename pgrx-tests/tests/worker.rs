@@ -101,44 +101,100 @@ fn worker_idles_quietly_without_the_extension_then_starts() {
     });
     db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     wait_for_rows(&mut db, 5);
-    // The worker logs its recovery just after the commit that made the rows visible.
-    wait_until("the recovery to be logged", WAIT, || c.log_lines("ingesting again") == 1);
+    assert_eq!(c.log_lines("is not created"), 1, "said once");
 }
 
-/// sqs_ingest.database named before the database exists, and the database dropped WITH (FORCE)
-/// (a plain DROP DATABASE waits 5 s for the worker and fails, 55006): the worker tries again
-/// less and less often instead of a FATAL every restart interval, and ingests there once the
-/// database and the extension are back.
+/// sqs_ingest.database names one database, before it exists: no worker starts (and no FATAL is
+/// logged) until it and the extension exist; then it alone is served, and a plain DROP
+/// DATABASE of it succeeds while its worker polls.
 #[test]
-fn a_missing_database_is_waited_for_quietly_and_served_once_created() {
+fn sqs_ingest_database_limits_the_workers_to_one_database_even_before_it_exists() {
     let queue = Emulator::shared().queue("worker_missing_db");
     let c = Cluster::with_workers("worker_missing_db", &queue.url, &["sqs_ingest.database = 'later'"]);
     let mut admin = c.with_extension("postgres");
-    let tries = || c.log_lines("FATAL:  database \"later\" does not exist");
-    // The restart interval is 1 s here: ten tries in 10 s before, now 1 + pauses of 2, 4, 8 s.
-    wait_until("the first pause", WAIT, || {
-        count(
-            &mut admin,
-            "SELECT count(*) FROM sqs_ingest.worker_status
-             WHERE state = 'starting' AND last_error LIKE 'could not connect to database \"later\"%'",
-        ) == 1
+    holds_for("no worker and no FATAL", Duration::from_secs(3), || {
+        c.worker_pids().is_empty() && c.log_lines("FATAL") == 0
     });
-    holds_for("few tries", Duration::from_secs(10), || tries() <= 4);
-    assert!(c.log_lines("could not connect to database \"later\"") >= 1);
 
     admin.batch_execute("CREATE DATABASE later").unwrap();
     let mut db = c.with_extension("later");
     queue.send(&valid(5, 97));
     wait_for_rows(&mut db, 5);
+    assert_eq!(rows(&mut admin), 0, "the database postgres is not served");
+    let served: Vec<Option<String>> =
+        admin.query("SELECT database FROM sqs_ingest.worker_status", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(served, vec![Some("later".to_owned())]);
 
     drop(db);
-    admin.batch_execute("DROP DATABASE later WITH (FORCE)").unwrap();
-    let before = tries();
-    holds_for("few tries after the drop", Duration::from_secs(6), || tries() <= before + 3);
+    let started = Instant::now();
+    admin.batch_execute("DROP DATABASE later").unwrap();
+    eprintln!("DROP DATABASE of the served database: {} ms", started.elapsed().as_millis());
     admin.batch_execute("CREATE DATABASE later").unwrap();
     let mut db = c.with_extension("later");
     queue.send(&valid(5, 101));
     wait_for_rows(&mut db, 5);
+    assert_eq!(c.log_lines("FATAL"), 0);
+}
+
+/// Every database where the extension is created is served, with no setting: two databases
+/// with sources, both served; a plain DROP DATABASE of one while its worker polls, and CREATE
+/// DATABASE ... TEMPLATE of the other, succeed (the workers step aside); the extension created
+/// in a third is served without a restart.
+#[test]
+fn every_database_with_the_extension_is_served_and_its_workers_step_aside() {
+    let emulator = Emulator::shared();
+    let logins = emulator.queue("every_db_logins");
+    let queues: Vec<_> = ["alpha", "beta", "gamma"].iter().map(|d| emulator.queue(&format!("every_db_{d}"))).collect();
+    let c = Cluster::with_workers("every_db", &logins.url, &["sqs_ingest.worker_wait = 20"]);
+    let mut admin = c.connect("postgres");
+    let events = |db: &mut Client, queue: &str| {
+        db.batch_execute("CREATE TABLE events (body jsonb); SELECT sqs_ingest.alter_source('login', enabled => false)")
+            .unwrap();
+        db.execute("SELECT sqs_ingest.create_source('events', $1, 'events', '{\"body\": \"body\"}')", &[&queue])
+            .unwrap();
+    };
+    let mut alpha = c.database("alpha");
+    let mut beta = c.database("beta");
+    events(&mut alpha, &queues[0].url);
+    events(&mut beta, &queues[1].url);
+    queues[0].send(&valid(5, 401));
+    queues[1].send(&valid(5, 409));
+    for db in [&mut alpha, &mut beta] {
+        wait_until("each database's rows", WAIT, || count(db, "SELECT count(*) FROM events") == 5);
+    }
+    let served = |db: &mut Client| -> Vec<String> {
+        db.query("SELECT database FROM sqs_ingest.worker_status WHERE pid IS NOT NULL ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    wait_until("a worker per database, named", WAIT, || served(&mut alpha) == ["alpha", "beta"]);
+
+    // Both workers in a 20-second long poll; no FORCE.
+    drop(beta);
+    admin.batch_execute("SET statement_timeout = '10s'").unwrap();
+    let started = Instant::now();
+    admin.batch_execute("DROP DATABASE beta").unwrap();
+    eprintln!("DROP DATABASE of a served database, its worker mid long poll: {} ms", started.elapsed().as_millis());
+    drop(alpha);
+    let started = Instant::now();
+    admin.batch_execute("CREATE DATABASE alpha_copy TEMPLATE alpha").unwrap();
+    eprintln!("CREATE DATABASE ... TEMPLATE of a served database: {} ms", started.elapsed().as_millis());
+    let mut copy = c.connect("alpha_copy");
+    copy.batch_execute("SELECT sqs_ingest.alter_source('events', enabled => false)").unwrap();
+    let mut alpha = c.connect("alpha");
+    queues[0].send(&valid(5, 419));
+    wait_until("alpha served again", WAIT, || count(&mut alpha, "SELECT count(*) FROM events") == 10);
+
+    let mut gamma = c.database("gamma");
+    events(&mut gamma, &queues[2].url);
+    queues[2].send(&valid(5, 421));
+    wait_until("the third database served without a restart", WAIT, || {
+        count(&mut gamma, "SELECT count(*) FROM events") == 5
+    });
+    wait_until("the workers named", WAIT, || served(&mut gamma) == ["alpha", "alpha_copy", "gamma"]);
+    assert_eq!(c.log_lines("FATAL"), 0);
 }
 
 #[test]
@@ -167,7 +223,7 @@ fn two_workers_and_a_caller_give_one_row_per_message() {
     let queue = Emulator::shared().queue("three_consumers");
     let c = Cluster::with_workers("three_consumers", &queue.url, &["sqs_ingest.workers = 2"]);
     let mut db = c.with_extension("postgres");
-    assert_eq!(c.worker_pids().len(), 2);
+    wait_until("two workers", WAIT, || c.worker_pids().len() == 2);
     queue.send(&valid(300, 103));
     let mut caller = c.connect("postgres");
     let mut by_caller = 0;

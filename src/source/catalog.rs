@@ -39,6 +39,18 @@ pub fn generation() -> u64 {
     }
 }
 
+/// Has the workers and the launcher look again once the current transaction commits: at a
+/// change of the catalog, and at CREATE and DROP EXTENSION.
+pub fn mark_changed() {
+    if ALLOCATED.load(Ordering::Relaxed) {
+        if !REGISTERED.replace(true) {
+            // SAFETY: a plain function that lives as long as the backend.
+            unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
+        }
+        CHANGED.set(true);
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
@@ -130,13 +142,7 @@ mod sqs_ingest {
     fn sources_changed<'a>(
         _trigger: &'a pgrx::PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByRust>>, std::convert::Infallible> {
-        if super::ALLOCATED.load(Ordering::Relaxed) {
-            if !super::REGISTERED.replace(true) {
-                // SAFETY: a plain function that lives as long as the backend.
-                unsafe { pg_sys::RegisterXactCallback(Some(super::on_xact), std::ptr::null_mut()) };
-            }
-            super::CHANGED.set(true);
-        }
+        super::mark_changed();
         Ok(None)
     }
 

@@ -1,5 +1,6 @@
-//! Shared-memory counters per source since the server started, shown by the view
-//! sqs_ingest.source_status: what workers and committed fetch_source calls did.
+//! Shared-memory counters per source of each database since the server started, shown by the
+//! view sqs_ingest.source_status of that database: what workers and committed fetch_source
+//! calls did.
 use crate::shmem::FixedText;
 use crate::sqs::Receipt;
 use crate::status::{ERROR_LEN, NAME_LEN};
@@ -7,7 +8,8 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Sources counted at once; more are served, but not counted until the server restarts.
+/// Sources counted at once, of all databases; more are served, but not counted until the server
+/// restarts.
 pub const MAX_COUNTED: usize = 64;
 
 /// What one source did.
@@ -26,6 +28,8 @@ pub struct Counts {
 
 #[derive(Clone, Copy)]
 struct Entry {
+    /// The source's database; sources of different databases may share a name.
+    database: pg_sys::Oid,
     /// Empty: a free entry.
     name: FixedText<NAME_LEN>,
     counts: Counts,
@@ -33,7 +37,8 @@ struct Entry {
 }
 
 impl Entry {
-    const EMPTY: Entry = Entry { name: FixedText::EMPTY, counts: Counts::ZERO, error: FixedText::EMPTY };
+    const EMPTY: Entry =
+        Entry { database: pg_sys::Oid::INVALID, name: FixedText::EMPTY, counts: Counts::ZERO, error: FixedText::EMPTY };
 }
 
 impl Counts {
@@ -106,8 +111,10 @@ fn entry(source: &str, change: impl FnOnce(&mut Entry)) {
     if !ALLOCATED.load(Ordering::Relaxed) || source.len() > NAME_LEN {
         return;
     }
+    // SAFETY: the database this process is connected to.
+    let database = unsafe { pg_sys::MyDatabaseId };
     let mut entries = ENTRIES.exclusive();
-    let found = entries.0.iter().position(|e| e.name.is(source));
+    let found = entries.0.iter().position(|e| e.database == database && e.name.is(source));
     let index = match found.or_else(|| entries.0.iter().position(|e| e.name.is_empty())) {
         Some(i) => i,
         None => return,
@@ -115,6 +122,7 @@ fn entry(source: &str, change: impl FnOnce(&mut Entry)) {
     let e = &mut entries.0[index];
     if e.name.is_empty() {
         e.name.set(Some(source));
+        e.database = database;
     }
     change(e);
 }
@@ -127,7 +135,8 @@ mod sqs_ingest {
     use pgrx::prelude::*;
     use std::sync::atomic::Ordering;
 
-    /// One row per source counted since the server started; none when not preloaded.
+    /// One row per source of this database counted since the server started; none when not
+    /// preloaded.
     #[pg_extern(volatile)]
     fn source_counts() -> TableIterator<
         'static,
@@ -149,7 +158,8 @@ mod sqs_ingest {
                 .share()
                 .0
                 .iter()
-                .filter(|e| !e.name.is_empty())
+                // SAFETY: the database this backend is connected to.
+                .filter(|e| !e.name.is_empty() && e.database == unsafe { pg_sys::MyDatabaseId })
                 .map(|e| {
                     let c = e.counts;
                     (

@@ -1,22 +1,24 @@
-//! The background workers: a pool of `sqs_ingest.workers` processes serving the enabled
-//! sources of sqs_ingest.sources. Each keeps a receive of every source assigned to it in flight
-//! at once and stores each answer in a transaction of its own, through the same code as
-//! fetch_source.
+//! The background workers: in every database where the extension is created, a pool of
+//! `sqs_ingest.workers` processes serving the enabled sources of its sqs_ingest.sources, started
+//! by the launcher. Each keeps a receive of every source assigned to it in flight at once and
+//! stores each answer in a transaction of its own, through the same code as fetch_source.
 mod assignment;
 mod latch;
+mod launcher;
 mod polls;
 mod round;
+mod step_aside;
 mod transaction;
 
 use crate::ingest::{IngestError, Sink};
-use crate::settings::{self, WORKER_ENABLED, WORKER_MAX_BACKOFF, WORKER_RESTART_INTERVAL};
+use crate::settings::{self, WORKER_ENABLED, WORKER_MAX_BACKOFF};
 use crate::source::{catalog, stats, Source, SourceError};
 use crate::status::{self, State};
 use assignment::assigned;
 use latch::{reload_if_asked, reload_pending, shutdown_requested, wait, wait_for_change};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
-use pgrx::{FromDatum, IntoDatum};
+use pgrx::FromDatum;
 use polls::Polls;
 use round::{Problem, Round};
 use std::collections::HashMap;
@@ -27,29 +29,25 @@ use transaction::in_transaction;
 /// How often a worker with nothing to do looks at its settings again (a reload, and a change
 /// of the catalog, wake it sooner).
 const IDLE_RECHECK: Duration = Duration::from_secs(10);
-/// The longest pause before trying again to connect to a database that was not there.
-const MAX_CONNECT_PAUSE: Duration = Duration::from_secs(60);
 
-/// Registers the pool; called from _PG_init while shared_preload_libraries load. None in
-/// binary-upgrade mode: pg_upgrade drops and re-creates every database, which a connected
-/// worker would make fail ("database ... is being accessed by other users").
+/// Registers the launcher, which starts the workers; called from _PG_init while
+/// shared_preload_libraries load. None in binary-upgrade mode: pg_upgrade drops and re-creates
+/// every database, which a connected worker would make fail ("database ... is being accessed
+/// by other users").
 pub fn register() {
+    step_aside::allocate();
     // SAFETY: a flag the postmaster sets from its options before loading preloaded libraries.
     if unsafe { pg_sys::IsBinaryUpgrade } {
         return;
     }
-    let restart = Duration::from_secs(WORKER_RESTART_INTERVAL.get() as u64);
-    for index in 0..settings::worker_count() {
-        BackgroundWorkerBuilder::new(&format!("sqs_ingest worker {index}"))
-            .set_type("sqs_ingest worker")
-            .set_library("sqs_ingest")
-            .set_function("sqs_ingest_worker_main")
-            .set_argument((index as i32).into_datum())
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(Some(restart))
-            .load();
-    }
+    launcher::register();
+}
+
+/// Who a worker is: its status slot, and its number among its database's workers.
+#[derive(Clone, Copy)]
+pub struct Me {
+    pub slot: usize,
+    pub index: usize,
 }
 
 /// How a worker is doing with one of its sources.
@@ -68,62 +66,52 @@ struct Served {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
-    // SAFETY: the argument is the int4 Datum set at registration.
-    let index = unsafe { i32::from_datum(arg, false) }.unwrap_or(0) as usize;
+    // SAFETY: the argument is the int4 Datum the launcher set: the worker's status slot.
+    let slot = unsafe { i32::from_datum(arg, false) }.unwrap_or(0) as usize;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    connect(index);
-    serve(index);
-    status::update(index, |s| {
-        s.state = State::Stopped;
-        s.pid = 0;
-    });
-    // Exit code 1: the postmaster restarts the worker after the restart interval, unless it is
-    // shutting down; exit code 0 would unregister it for good.
-    // SAFETY: ends this process the way Postgres expects.
-    unsafe { pg_sys::proc_exit(1) }
-}
-
-/// Connects to sqs_ingest.database. A start that did not get through connecting (the database
-/// missing, dropped WITH (FORCE), or not accepting connections) is followed by longer and
-/// longer pauses, up to a minute: Postgres logs a FATAL for each try, which would otherwise
-/// come every restart interval.
-fn connect(index: usize) {
-    let database = settings::worker_database();
-    // SAFETY: reads this process's pid.
-    let pid = unsafe { pg_sys::MyProcPid };
-    let failed = status::read(index, |s| s.failed_starts);
-    if failed > 0 {
-        let pause = (Duration::from_secs(WORKER_RESTART_INTERVAL.get() as u64) * 2u32.saturating_pow(failed))
-            .min(MAX_CONNECT_PAUSE);
-        let text = format!(
-            "could not connect to database \"{database}\" (sqs_ingest.database; see the FATAL before: does it exist, does it accept connections?); trying again in {} s",
-            pause.as_secs()
-        );
-        log!("sqs_ingest worker {index} {text}");
-        status::update(index, |s| {
-            s.pid = pid;
-            s.state = State::Starting;
-            s.error.set(Some(&text));
-        });
-        wait_for_change(pause, catalog::generation());
-        if shutdown_requested() {
-            // SAFETY: ends this process the way Postgres expects; the postmaster is stopping it.
-            unsafe { pg_sys::proc_exit(1) }
-        }
-    }
-    status::update(index, |s| s.failed_starts = failed.saturating_add(1));
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    status::update(index, |s| {
-        *s = status::Slot::EMPTY;
+    let (database, index) = status::read(slot, |s| (s.database, s.index));
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    // SAFETY: reads this process's pid and its database's name, in a transaction.
+    let (pid, name) = unsafe { (pg_sys::MyProcPid, database_name()) };
+    status::update(slot, |s| {
         s.pid = pid;
         s.state = State::Starting;
     });
-    log!("sqs_ingest worker {index} started in database \"{database}\"");
+    log!("sqs_ingest worker {index} started in database \"{name}\"");
+    if !serve(Me { slot, index }, database) {
+        log!(
+            "sqs_ingest worker {index}: extension sqs_ingest is not created in database \"{name}\"; its workers start when it is"
+        );
+        status::update(slot, |s| s.without_extension = true);
+    }
+    status::update(slot, |s| {
+        s.state = State::Stopped;
+        s.pid = 0;
+    });
+    // SAFETY: ends this process the way Postgres expects; the launcher starts it again if need be.
+    unsafe { pg_sys::proc_exit(0) }
 }
 
-/// The worker's loop, until shutdown: the catalog read when it changed, a receive sent for each
-/// source that has none in flight and is not backing off, and the first answer stored.
-fn serve(index: usize) {
+/// This worker's database's name.
+///
+/// # Safety
+/// The worker is connected to a database and outside a transaction.
+unsafe fn database_name() -> String {
+    in_transaction(|| {
+        // SAFETY: in a transaction, as get_database_name needs; NULL only for a dropped one.
+        let name = unsafe { pg_sys::get_database_name(pg_sys::MyDatabaseId) };
+        // SAFETY: a NUL-terminated string when not NULL.
+        (!name.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned())
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// The worker's loop, until shutdown or a command that needs its database alone: the catalog
+/// read when it changed, a receive sent for each source that has none in flight and is not
+/// backing off, and the first answer stored. False: the extension is not created here.
+fn serve(me: Me, database: pg_sys::Oid) -> bool {
     let mut served: HashMap<String, Served> = HashMap::new();
     let mut polls = Polls::default();
     // This worker's sources, as of the catalog generation they were read at.
@@ -131,7 +119,7 @@ fn serve(index: usize) {
     let mut read_at = None;
     // The catalog's trouble (no extension yet, an unreadable catalog), like a source's.
     let mut catalog_trouble = Served::default();
-    while !shutdown_requested() {
+    while !shutdown_requested() && !step_aside::paused(database) {
         reload_if_asked();
         let generation = catalog::generation();
         let enabled = WORKER_ENABLED.get();
@@ -146,7 +134,7 @@ fn serve(index: usize) {
             type Read = (Vec<Source>, Vec<(Source, Result<Sink, IngestError>)>);
             let reread = read_at != Some(generation);
             let read = in_transaction(AssertUnwindSafe(|| -> Result<Read, SourceError> {
-                let now_mine = if reread { assigned(index)? } else { mine.clone() };
+                let now_mine = if reread { assigned(me.index)? } else { mine.clone() };
                 let sinks = now_mine
                     .iter()
                     .filter(|s| !polls.polling(&s.name) && ready(s, &served))
@@ -154,11 +142,14 @@ fn serve(index: usize) {
                     .collect();
                 Ok((now_mine, sinks))
             }));
+            if matches!(read, Ok(Err(SourceError::NoExtension))) {
+                return false;
+            }
             let (now_mine, sinks) =
                 match read.map_err(Problem::new).and_then(|r| r.map_err(|e| Problem::new(e.to_string()))) {
                     Ok(read) => read,
                     Err(problem) => {
-                        back_off(index, None, &mut catalog_trouble, problem);
+                        back_off(me, None, &mut catalog_trouble, problem);
                         wait_for_change(catalog_trouble.pause, generation);
                         continue;
                     }
@@ -169,7 +160,7 @@ fn serve(index: usize) {
             mine = now_mine;
             read_at = Some(generation);
             // worker_status names the source served last only while it is still this worker's.
-            status::update(index, |s| {
+            status::update(me.slot, |s| {
                 if !mine.iter().any(|m| s.source.is(&m.name)) {
                     s.source.set(None);
                 }
@@ -187,7 +178,7 @@ fn serve(index: usize) {
                     Ok((sink, settings))
                 }) {
                     Ok((sink, settings)) => polls.start(source, sink, settings, state.backlog),
-                    Err(problem) => failed(index, &source.name, state, problem),
+                    Err(problem) => failed(me, &source.name, state, problem),
                 }
             }
         }
@@ -196,9 +187,9 @@ fn serve(index: usize) {
             // Nothing assigned, every source backing off, or the worker disabled.
             let pause = soonest.map_or(IDLE_RECHECK, |at| at.saturating_duration_since(now)).min(IDLE_RECHECK);
             if !enabled {
-                status::update(index, |s| s.state = State::Disabled);
+                status::update(me.slot, |s| s.state = State::Disabled);
             } else if soonest.is_none() {
-                status::update(index, |s| {
+                status::update(me.slot, |s| {
                     s.state = State::Idle;
                     s.source.set(None);
                 });
@@ -206,7 +197,7 @@ fn serve(index: usize) {
             wait_for_change(pause, generation);
             continue;
         }
-        status::update(index, |s| {
+        status::update(me.slot, |s| {
             s.state = State::Polling;
             s.last_poll = Some(status::now());
         });
@@ -216,42 +207,44 @@ fn serve(index: usize) {
         let answered = polls.next(|| {
             wait(Duration::ZERO);
             !shutdown_requested()
+                && !step_aside::paused(database)
                 && !reload_pending()
                 && catalog::generation() == generation
                 && soonest.is_none_or(|at| Instant::now() < at)
         });
         let Some((poll, answer)) = answered else { continue };
         let name = poll.source.name.clone();
-        let outcome = round::store(index, poll, answer);
+        let outcome = round::store(me, poll, answer);
         let state = served.entry(name.clone()).or_default();
         match outcome {
             Round::Done { backlog } => {
                 if state.trouble.take().is_some() {
-                    log!("sqs_ingest worker {index}: source \"{name}\" ingesting again");
+                    log!("sqs_ingest worker {}: source \"{name}\" ingesting again", me.index);
                 }
                 state.backlog = backlog;
                 state.pause = Duration::ZERO;
                 state.retry_at = None;
             }
-            Round::Failed(problem) => failed(index, &name, state, problem),
+            Round::Failed(problem) => failed(me, &name, state, problem),
         }
     }
+    true
 }
 
 /// A source's round failed: it backs off.
-fn failed(index: usize, source: &str, state: &mut Served, problem: Problem) {
+fn failed(me: Me, source: &str, state: &mut Served, problem: Problem) {
     state.backlog = None;
-    back_off(index, Some(source), state, problem);
+    back_off(me, Some(source), state, problem);
     state.retry_at = Some(Instant::now() + state.pause);
 }
 
 /// Logs `problem` once while it lasts, shows it, and doubles the pause before the next try.
-fn back_off(index: usize, source: Option<&str>, state: &mut Served, problem: Problem) {
+fn back_off(me: Me, source: Option<&str>, state: &mut Served, problem: Problem) {
     let about = source.map(|s| format!(" source \"{s}\":")).unwrap_or_default();
     if state.trouble.as_deref() != Some(problem.what.as_str()) {
-        log!("sqs_ingest worker {index}:{about} {}; retrying with backoff", problem.text);
+        log!("sqs_ingest worker {}:{about} {}; retrying with backoff", me.index, problem.text);
     }
-    status::update(index, |s| {
+    status::update(me.slot, |s| {
         s.state = State::BackingOff;
         s.source.set(source);
         s.error.set(Some(&problem.text));

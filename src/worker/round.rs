@@ -3,6 +3,7 @@
 use super::latch::{shutdown_requested, wait};
 use super::polls::Poll;
 use super::transaction::in_transaction;
+use super::Me;
 use crate::ingest;
 use crate::source::stats;
 use crate::sqs::{Receipt, SqsError};
@@ -47,7 +48,7 @@ impl From<SqsError> for Problem {
 }
 
 /// Stores what `poll` brought.
-pub fn store(index: usize, poll: Poll, answer: Result<Receipt, SqsError>) -> Round {
+pub fn store(me: Me, poll: Poll, answer: Result<Receipt, SqsError>) -> Round {
     let name = poll.source.name.as_str();
     let receipt = match answer {
         Ok(receipt) => receipt,
@@ -55,10 +56,10 @@ pub fn store(index: usize, poll: Poll, answer: Result<Receipt, SqsError>) -> Rou
     };
     stats::received(name, &receipt);
     if receipt.messages.is_empty() {
-        succeeded(index, name, None);
+        succeeded(me, name, None);
         return Round::Done { backlog: None };
     }
-    status::update(index, |s| {
+    status::update(me.slot, |s| {
         s.state = State::Ingesting;
         s.source.set(Some(name));
     });
@@ -98,20 +99,21 @@ pub fn store(index: usize, poll: Poll, answer: Result<Receipt, SqsError>) -> Rou
     }));
     match stored {
         Ok((stored, backlog)) => {
-            succeeded(index, name, Some(stored));
+            succeeded(me, name, Some(stored));
             Round::Done { backlog }
         }
         Err(e) => Round::Failed(Problem::new(e)),
     }
 }
 
-fn succeeded(index: usize, source: &str, stored: Option<ingest::Stored>) {
+fn succeeded(me: Me, source: &str, stored: Option<ingest::Stored>) {
     if let Some(deferred) = stored.map(|s| s.deferred).filter(|&d| d > 0) {
         log!(
-            "sqs_ingest worker {index}: source \"{source}\": {deferred} messages left in the queue: another transaction was entering some of them in the ledger"
+            "sqs_ingest worker {}: source \"{source}\": {deferred} messages left in the queue: another transaction was entering some of them in the ledger",
+            me.index
         );
     }
-    status::update(index, |s| {
+    status::update(me.slot, |s| {
         s.state = State::Polling;
         s.last_success = Some(status::now());
         if let Some(stored) = stored {

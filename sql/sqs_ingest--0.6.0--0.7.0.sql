@@ -1,0 +1,23 @@
+-- sqs_ingest 0.6.0 -> 0.7.0: the workers serve every database where the extension is created,
+-- started by a launcher; worker_status names each worker's database.
+
+DROP VIEW sqs_ingest.worker_status;
+DROP FUNCTION sqs_ingest.worker_status_rows();
+CREATE FUNCTION sqs_ingest."worker_status_rows"() RETURNS TABLE (
+	"database" TEXT,  /* Option < String > */
+	"worker" INT,  /* i32 */
+	"pid" INT,  /* Option < i32 > */
+	"source" TEXT,  /* Option < String > */
+	"state" TEXT,  /* String */
+	"last_poll" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_success" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"ingested" bigint,  /* i64 */
+	"dead_lettered" bigint,  /* i64 */
+	"duplicates_skipped" bigint,  /* i64 */
+	"last_error" TEXT  /* Option < String > */
+)
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'worker_status_rows_wrapper';
+CREATE VIEW sqs_ingest.worker_status AS SELECT * FROM sqs_ingest.worker_status_rows();
+GRANT SELECT ON sqs_ingest.worker_status TO sqs_ingest_operator;
