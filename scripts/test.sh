@@ -17,11 +17,13 @@ cargo test -p sqs_ingest_core
 echo "==> fuzzing smoke: each cargo fuzz target for a minute"
 bash scripts/fuzz.sh 60
 
-echo "==> #[pg_test]s (cargo pgrx test)"
-# Before the release install: cargo pgrx test overwrites the installed library with its build.
+echo "==> #[pg_test]s (cargo pgrx test), against a private copy of PostgreSQL 15"
+# cargo pgrx test copies its debug build over the library of the PostgreSQL it tests with, in
+# place, under every process that maps it: never the system's, which running clusters load.
+pgrx_test_postgres
 pgdata=$(mktemp -d)
 chown postgres "$pgdata"
-cargo pgrx test pg15 --runas postgres --pgdata "$pgdata/data"
+PGRX_HOME=$PGRX_TEST_HOME cargo pgrx test pg15 --runas postgres --pgdata "$pgdata/data"
 rm -rf "$pgdata"
 
 install_extension
