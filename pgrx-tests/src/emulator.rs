@@ -228,8 +228,11 @@ impl Queue<'_> {
     }
 
     /// Sends `(group, body)` pairs to a FIFO queue, in order, ten per request, each with a
-    /// deduplication id of its own.
+    /// deduplication id of its own, never used by an earlier call (SQS drops a message whose id
+    /// it saw in the last 5 minutes).
     pub fn send_grouped(&self, messages: &[(String, String)]) {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let e = self.emulator;
         for (chunk, batch) in messages.chunks(10).enumerate() {
             let entries = batch
@@ -240,7 +243,7 @@ impl Queue<'_> {
                         .id(format!("m{i}"))
                         .message_body(body)
                         .message_group_id(group)
-                        .message_deduplication_id(format!("d{}", chunk * 10 + i))
+                        .message_deduplication_id(format!("d{}-{call}-{}", std::process::id(), chunk * 10 + i))
                         .build()
                         .unwrap()
                 })
