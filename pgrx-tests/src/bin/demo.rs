@@ -51,5 +51,5 @@ fn main() {
         "worker enabled; 20 more messages sent and ingested {:.0} ms later, no call needed:",
         sent.elapsed().as_secs_f64() * 1000.0
     );
-    psql("SELECT worker, pid, state, ingested, dead_lettered, duplicates_skipped, last_error FROM sqs_ingest.worker_status");
+    psql("SELECT database, worker, pid, state, ingested, dead_lettered, duplicates_skipped, last_error FROM sqs_ingest.worker_status");
 }
