@@ -117,13 +117,8 @@ impl Queue {
 
     /// The receive of [`Queue::receive_blocking`] as a future that owns its queue, for a caller
     /// that drives several at once through [`run`].
-    pub fn receive(
-        self,
-        max: usize,
-        in_flight: usize,
-        wait_seconds: i32,
-    ) -> impl Future<Output = Result<Receipt, SqsError>> {
-        async move { self.receive_many(max, in_flight, wait_seconds).await }
+    pub async fn receive(self, max: usize, in_flight: usize, wait_seconds: i32) -> Result<Receipt, SqsError> {
+        self.receive_many(max, in_flight, wait_seconds).await
     }
 
     /// ReceiveMessage requests for `max` messages in all, ten per request and at most

@@ -182,10 +182,14 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
                 }
             }
         }
-        let soonest = served.values().filter_map(|s| s.retry_at).min();
+        // The next backoff to end, of the sources waiting for it (not those polled again).
+        let soonest = served.iter().filter(|(name, _)| !polls.polling(name)).filter_map(|(_, s)| s.retry_at).min();
         if polls.is_empty() {
             // Nothing assigned, every source backing off, or the worker disabled.
-            let pause = soonest.map_or(IDLE_RECHECK, |at| at.saturating_duration_since(now)).min(IDLE_RECHECK);
+            let pause = match soonest {
+                Some(at) if enabled => at.saturating_duration_since(now).min(IDLE_RECHECK),
+                _ => IDLE_RECHECK,
+            };
             if !enabled {
                 status::update(me.slot, |s| s.state = State::Disabled);
             } else if soonest.is_none() {
