@@ -126,6 +126,14 @@ pub fn pids(database: pg_sys::Oid) -> Vec<i32> {
     SLOTS.share().0.iter().filter(|s| s.database == database && s.pid != 0).map(|s| s.pid).collect()
 }
 
+/// A database's name, read in the current transaction; None once it is dropped.
+pub fn database_name(oid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: reads pg_database in the current transaction; the name is palloc'd or NULL.
+    let name = unsafe { pg_sys::get_database_name(oid) };
+    // SAFETY: a NUL-terminated string when not NULL.
+    (!name.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned())
+}
+
 pub fn now() -> pg_sys::TimestampTz {
     // SAFETY: reads the clock.
     unsafe { pg_sys::GetCurrentTimestamp() }
@@ -134,7 +142,7 @@ pub fn now() -> pg_sys::TimestampTz {
 /// In the schema sqs_ingest, beside the view over it.
 #[pg_schema]
 mod sqs_ingest {
-    use super::{ALLOCATED, SLOTS};
+    use super::{database_name, ALLOCATED, SLOTS};
     use crate::shmem::timestamp;
     use pgrx::datum::TimestampWithTimeZone;
     use pgrx::prelude::*;
@@ -184,14 +192,6 @@ mod sqs_ingest {
             Vec::new()
         };
         TableIterator::new(rows)
-    }
-
-    /// A database's name; None once it is dropped.
-    fn database_name(oid: pg_sys::Oid) -> Option<String> {
-        // SAFETY: reads pg_database in the current transaction; the name is palloc'd or NULL.
-        let name = unsafe { pg_sys::get_database_name(oid) };
-        // SAFETY: a NUL-terminated string when not NULL.
-        (!name.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned())
     }
 }
 

@@ -97,15 +97,8 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
 /// # Safety
 /// The worker is connected to a database and outside a transaction.
 unsafe fn database_name() -> String {
-    in_transaction(|| {
-        // SAFETY: in a transaction, as get_database_name needs; NULL only for a dropped one.
-        let name = unsafe { pg_sys::get_database_name(pg_sys::MyDatabaseId) };
-        // SAFETY: a NUL-terminated string when not NULL.
-        (!name.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned())
-    })
-    .ok()
-    .flatten()
-    .unwrap_or_default()
+    // SAFETY: this process's database.
+    in_transaction(|| status::database_name(unsafe { pg_sys::MyDatabaseId })).ok().flatten().unwrap_or_default()
 }
 
 /// The worker's loop, until shutdown or a command that needs its database alone: the catalog
