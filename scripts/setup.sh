@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing sqs_ingest needs on Debian (root); every step is skipped when
 # already done. --build-only: only what building the extension needs (the Docker image's build stage).
+# --package: that and PostgreSQL 18, for scripts/package.sh.
 set -euo pipefail
-build_only=false
+build_only=false package=false
 [ "${1:-}" = --build-only ] && build_only=true
+[ "${1:-}" = --package ] && package=true
 source "$(dirname "$0")/env.sh"
 
 PGRX_VERSION=0.18.1
@@ -63,6 +65,7 @@ if ! grep -qs "pg18 = \"$PG18_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml";
   log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG --pg18 $PG18_CONFIG"
   cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" --pg18 "$PG18_CONFIG" >/dev/null
 fi
+$package && exit 0
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes, once)"

@@ -1,3 +1,8 @@
+-- The library installed, loaded by a path the server has not loaded it by: where the server runs
+-- another version (preloaded at its start, the package upgraded since), the new library refuses
+-- here, naming the restart, before any of this script lays new SQL over the old library.
+LOAD '$libdir/./sqs_ingest';
+
 -- Tables of sqs_ingest. The ledger and dead letters belong to the extension (and are dumped
 -- by pg_dump); user_logins is user data and is detached so that DROP EXTENSION keeps it.
 -- Roles are cluster-wide, so they may exist from another database (and outlive the extension).

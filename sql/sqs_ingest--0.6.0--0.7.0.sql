@@ -1,6 +1,11 @@
 -- sqs_ingest 0.6.0 -> 0.7.0: the workers serve every database where the extension is created,
 -- started by a launcher; worker_status names each worker's database.
 
+-- The library installed, loaded by a path the server has not loaded it by: where the server runs
+-- another version (preloaded at its start, the package upgraded since), the new library refuses
+-- here, naming the restart, before any of this script lays new SQL over the old library.
+LOAD '$libdir/./sqs_ingest';
+
 DROP VIEW sqs_ingest.worker_status;
 DROP FUNCTION sqs_ingest.worker_status_rows();
 CREATE FUNCTION sqs_ingest."worker_status_rows"() RETURNS TABLE (

@@ -5,6 +5,7 @@ use pgrx::prelude::*;
 mod errors;
 mod ingest;
 mod keys;
+mod library;
 mod masking;
 mod plans;
 mod recovery;
@@ -27,6 +28,11 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    match library::claim() {
+        Ok(library::Claim::First) => {}
+        Ok(library::Claim::Again) => return,
+        Err(e) => errors::raise(e),
+    }
     // Only settings and registrations here: _PG_init runs in the postmaster before fork, so
     // no runtime, thread or client may be created yet.
     settings::register();

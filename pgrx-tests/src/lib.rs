@@ -47,6 +47,28 @@ pub fn fetch(db: &mut postgres::Client, max: i32) -> i32 {
     db.query_one("SELECT fetch_login_queue($1)", &[&max]).unwrap().get(0)
 }
 
+/// Runs `call` (one SELECT of an int: `fetch_login_queue(n)`, `sqs_ingest.fetch_source(...)`)
+/// until `messages` more messages are in the ledger (rows, dead letters and refused rows alike),
+/// and returns the rows the calls reported. One call may receive fewer than the queue holds (a
+/// short poll samples, a busy machine's emulator answers late): a test waits for the messages,
+/// never for one call to drain the queue. Entries counted are those ingested since the start, so
+/// the pruning of older ones does not hide them.
+pub fn ingest(db: &mut postgres::Client, call: &str, messages: i64) -> i32 {
+    let since: std::time::SystemTime = db.query_one("SELECT now()", &[]).unwrap().get(0);
+    let ledger = "SELECT count(*) FROM sqs_ingest.processed_messages WHERE ingested_at >= $1";
+    let mut rows = 0;
+    wait_until(&format!("{messages} messages in the ledger"), WAIT, || {
+        rows += db.query_one(call, &[]).unwrap_or_else(|e| panic!("{call}: {e}")).get::<_, i32>(0);
+        db.query_one(ledger, &[&since]).unwrap().get::<_, i64>(0) >= messages
+    });
+    rows
+}
+
+/// [`ingest`] through `fetch_login_queue(max)`.
+pub fn fetch_all(db: &mut postgres::Client, max: i32, messages: i64) -> i32 {
+    ingest(db, &format!("SELECT fetch_login_queue({max})"), messages)
+}
+
 /// A port that was free a moment ago on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()

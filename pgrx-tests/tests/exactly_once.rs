@@ -2,7 +2,7 @@
 use postgres::Client;
 use sqs_ingest_it::fault::{Deletes, FaultEndpoint};
 use sqs_ingest_it::logins::{field, take_home_like, valid, with_field};
-use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_for, wait_until, Emulator, WAIT};
+use sqs_ingest_it::{count, fetch, fetch_all, point_at, shared_cluster, wait_for, wait_until, Emulator, WAIT};
 use std::process::Command;
 
 fn set(db: &mut Client, setting: &str, value: &str) {
@@ -54,7 +54,7 @@ fn redelivered_after(emulator: &Emulator, mode: Deletes, name: &str, warning: &s
     queue.send(&valid(20, 47));
 
     proxy.deletes(mode);
-    assert_eq!(fetch(&mut db, 100), 20, "COMMIT succeeds although no delete does");
+    assert_eq!(fetch_all(&mut db, 100, 20), 20, "COMMIT succeeds although no delete does");
     assert!(proxy.refused() >= 1);
     // The once-per-server warning about a missing pii_key comes first if this test is the
     // first to ingest in the shared cluster.
@@ -115,7 +115,7 @@ fn race(emulator: &Emulator, name: &str) {
     queue.send(&take_home_like(5, 53));
 
     first.batch_execute("BEGIN").unwrap();
-    assert_eq!(fetch(&mut first, 10), 5);
+    assert_eq!(fetch_all(&mut first, 10, 5), 5);
     // The first transaction outlives the visibility timeout: SQS hands the messages out again.
     wait_until("the visibility timeout to expire", WAIT, || queue.counts() == (5, 0));
     let second_pid: i32 = second.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
@@ -140,7 +140,7 @@ fn dump_and_restore_keep_the_ledger_and_dead_letters() {
     let mut db = shared_cluster().database("dump_source");
     set(&mut db, "queue_url", &queue.url);
     queue.send(&take_home_like(30, 59));
-    assert_eq!(fetch(&mut db, 100), 29);
+    assert_eq!(fetch_all(&mut db, 100, 30), 29);
 
     let file = shared_cluster().dir.join("dump_source.pgdump");
     let bin = sqs_ingest_it::cluster::bin();
@@ -206,14 +206,7 @@ fn each_kind_of_bad_body_is_one_dead_letter_with_its_reason() {
     bodies.push(good.replacen('{', &format!("{{\"padding\": \"{}\", ", "p".repeat(1_048_000)), 1));
     queue.send(&bodies);
 
-    // One call may receive fewer than the queue holds (a short poll samples, and a busy
-    // machine's emulator answers late): fetch until every message is in the ledger.
-    let mut rows = 0;
-    wait_until("every message in the ledger", WAIT, || {
-        rows += fetch(&mut db, 100);
-        count(&mut db, "SELECT count(*) FROM sqs_ingest.processed_messages") == bodies.len() as i64
-    });
-    assert_eq!(rows, 1);
+    assert_eq!(fetch_all(&mut db, 100, bodies.len() as i64), 1);
     let reasons: Vec<String> =
         db.query("SELECT reason FROM sqs_ingest.dead_letters", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(reasons.len(), cases.len(), "{reasons:?}");

@@ -2,7 +2,7 @@
 use postgres::error::SqlState;
 use postgres::Client;
 use sqs_ingest_it::logins::{field, take_home_like, with_field};
-use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_until, Emulator, Queue};
+use sqs_ingest_it::{count, fetch_all, point_at, shared_cluster, wait_until, Emulator, Queue};
 use std::time::Duration;
 
 /// A database of its own and a queue of its own for one test, the session pointed at it.
@@ -19,7 +19,7 @@ fn take_home_queue_gives_99_rows_1_dead_letter_and_an_empty_queue() {
     let bodies = take_home_like(100, 7);
     queue.send(&bodies);
 
-    assert_eq!(fetch(&mut db, 1000), 99);
+    assert_eq!(fetch_all(&mut db, 1000, 100), 99);
 
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 99);
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins WHERE locale IS NULL"), 29);
@@ -50,7 +50,7 @@ fn rollback_leaves_messages_which_come_back_and_are_ingested_once() {
     db.batch_execute("SET sqs_ingest.visibility_timeout = 1").unwrap();
 
     db.batch_execute("BEGIN").unwrap();
-    assert_eq!(fetch(&mut db, 10), 10);
+    assert_eq!(fetch_all(&mut db, 10, 10), 10);
     db.batch_execute("ROLLBACK").unwrap();
 
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 0);
@@ -58,7 +58,7 @@ fn rollback_leaves_messages_which_come_back_and_are_ingested_once() {
     assert_eq!(visible + in_flight, 10, "a rollback deletes nothing");
 
     wait_until("the rolled-back messages to be visible again", Duration::from_secs(30), || queue.counts() == (10, 0));
-    assert_eq!(fetch(&mut db, 100), 10);
+    assert_eq!(fetch_all(&mut db, 100, 10), 10);
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 10);
     assert_eq!(queue.counts(), (0, 0));
 }
@@ -70,7 +70,7 @@ fn rows_are_invisible_to_other_sessions_until_commit() {
     let mut other = shared_cluster().connect("visibility");
 
     db.batch_execute("BEGIN").unwrap();
-    assert_eq!(fetch(&mut db, 10), 5);
+    assert_eq!(fetch_all(&mut db, 10, 5), 5);
     assert_eq!(count(&mut other, "SELECT count(*) FROM user_logins"), 0);
     assert_eq!(queue.counts(), (0, 5), "nothing is deleted before COMMIT");
     db.batch_execute("COMMIT").unwrap();
@@ -89,7 +89,7 @@ fn rolled_back_savepoint_keeps_its_messages_in_the_queue() {
 
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 2, "only the released savepoint's rows");
     wait_until("the rolled-back pair to be visible again", Duration::from_secs(30), || queue.counts() == (2, 0));
-    assert_eq!(fetch(&mut db, 10), 2);
+    assert_eq!(fetch_all(&mut db, 10, 2), 2);
     assert_eq!(queue.counts(), (0, 0));
 }
 
@@ -144,7 +144,7 @@ fn take_home_table_with_integer_app_version_works_unchanged() {
     let login = take_home_like(1, 31).remove(0);
     let version = |v: &str| with_field(&login, "app_version", v);
     queue.send(&[version("2.3.0"), version("0.96"), version("1.100")]);
-    assert_eq!(fetch(&mut db, 10), 2);
+    assert_eq!(fetch_all(&mut db, 10, 3), 2);
     let mut versions: Vec<i32> =
         db.query("SELECT app_version FROM user_logins", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     versions.sort();
@@ -157,7 +157,7 @@ fn take_home_table_with_integer_app_version_works_unchanged() {
 fn drop_extension_keeps_user_logins() {
     let (mut db, queue) = setup("drop_extension");
     queue.send(&take_home_like(3, 37));
-    assert_eq!(fetch(&mut db, 10), 3);
+    assert_eq!(fetch_all(&mut db, 10, 3), 3);
     db.batch_execute("DROP EXTENSION sqs_ingest").unwrap();
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 3);
     db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
@@ -201,5 +201,5 @@ fn unreachable_endpoint_is_a_clear_error_and_loses_nothing() {
     assert!(db_err.hint().is_some());
 
     point_at(&mut db, &queue.url);
-    assert_eq!(fetch(&mut db, 10), 3, "the real queue still has every message");
+    assert_eq!(fetch_all(&mut db, 10, 3), 3, "the real queue still has every message");
 }

@@ -4,7 +4,7 @@ use postgres::error::SqlState;
 use postgres::NoTls;
 use sqs_ingest_it::fault::FaultEndpoint;
 use sqs_ingest_it::logins::take_home_like;
-use sqs_ingest_it::{point_at, shared_cluster, wait_until, Cluster, Emulator};
+use sqs_ingest_it::{fetch_all, point_at, shared_cluster, wait_until, Cluster, Emulator};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_millis(250);
@@ -54,8 +54,7 @@ fn cancel_acts_within_250ms() {
     let queue = Emulator::shared().queue("after_cancel");
     queue.send(&take_home_like(2, 43));
     point_at(&mut db, &queue.url);
-    let rows: i32 = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap().get(0);
-    assert_eq!(rows, 2);
+    assert_eq!(fetch_all(&mut db, 10, 2), 2);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use sqs_ingest_core::masking::Masker;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, valid};
 use sqs_ingest_it::secrets::{self, FILE_PII_KEY, FILE_RECOVERY_KEY, ROTATED_PII_KEY};
-use sqs_ingest_it::{cluster::bin, count, fetch, key_file, point_at, refused, wait_until, Cluster, Emulator, WAIT};
+use sqs_ingest_it::{cluster::bin, count, fetch_all, key_file, point_at, refused, wait_until, Cluster, Emulator, WAIT};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -63,7 +63,7 @@ fn keys_come_from_files_are_read_again_on_reload_and_never_reach_a_log_or_a_conf
     point_at(&mut db, &queue.url);
     let bodies = valid(5, 71);
     queue.send(&bodies);
-    assert_eq!(fetch(&mut db, 10), 5);
+    assert_eq!(fetch_all(&mut db, 10, 5), 5);
     let ip = field(&bodies[0], "ip");
     let revealed: String = db
         .query_one(&format!("SELECT reveal_pii(masked_ip) FROM user_logins WHERE masked_ip = mask_pii('{ip}')"), &[])

@@ -4,7 +4,7 @@
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use sqs_ingest_it::logins::take_home_like;
-use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
+use sqs_ingest_it::{count, fetch, fetch_all, point_at, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ fn take_home_messages_through_fetch_login_queue_on_a_query_only_server() {
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 0);
     wait_until("the rolled-back messages to come back", WAIT, || queue.counts() == (100, 0));
 
-    assert_eq!(fetch(&mut db, 200), 99);
+    assert_eq!(fetch_all(&mut db, 200, 100), 99);
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 99);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters"), 1);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.processed_messages"), 100);
@@ -109,7 +109,7 @@ fn query_named_against_a_server_that_speaks_both() {
     queue.send(&take_home_like(30, 2023));
     let mut db = shared_cluster().database("query_named");
     point_at_in(&mut db, &queue.url, "query");
-    assert_eq!(fetch(&mut db, 100), 29);
+    assert_eq!(fetch_all(&mut db, 100, 30), 29);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters"), 1);
     assert_eq!(queue.counts(), (0, 0));
 }

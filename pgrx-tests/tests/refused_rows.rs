@@ -6,7 +6,9 @@
 use postgres::error::SqlState;
 use postgres::Client;
 use sqs_ingest_it::logins::{field, valid, with_field};
-use sqs_ingest_it::{count, fetch, holds_for, point_at, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
+use sqs_ingest_it::{
+    count, fetch_all, holds_for, point_at, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT,
+};
 use std::time::Duration;
 
 /// A database whose user_logins is altered by `alter` after CREATE EXTENSION, a queue holding
@@ -47,7 +49,7 @@ fn a_check_constraint_dead_letters_only_the_rows_it_refuses() {
         30,
         &bad,
     );
-    assert_eq!(fetch(&mut db, 100), 30);
+    assert_eq!(fetch_all(&mut db, 100, 33), 30);
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 30);
     let expected = (Some("23514".to_owned()), Some("known_device".to_owned()), Some("user_logins".to_owned()));
     assert_eq!(refusals(&mut db), vec![expected; 3]);
@@ -70,7 +72,7 @@ fn a_unique_index_refuses_the_second_login_of_a_user() {
     let again = with_field(&first, "ip", "10.0.0.1");
     let (mut db, queue) =
         setup("refused_unique", "CREATE UNIQUE INDEX one_login_per_user ON user_logins (user_id)", 20, &[first, again]);
-    assert_eq!(fetch(&mut db, 100), 21);
+    assert_eq!(fetch_all(&mut db, 100, 22), 21);
     let expected = (Some("23505".to_owned()), Some("one_login_per_user".to_owned()), Some("user_logins".to_owned()));
     assert_eq!(refusals(&mut db), vec![expected]);
     let detail: Option<String> = db.query_one("SELECT error_detail FROM sqs_ingest.dead_letters", &[]).unwrap().get(0);
@@ -94,7 +96,7 @@ fn a_foreign_key_refuses_unknown_users() {
     let mut bodies = known;
     bodies.extend(valid(4, 19));
     queue.send(&bodies);
-    assert_eq!(fetch(&mut db, 100), 10);
+    assert_eq!(fetch_all(&mut db, 100, 14), 10);
     let expected = (Some("23503".to_owned()), Some("login_user".to_owned()), Some("user_logins".to_owned()));
     assert_eq!(refusals(&mut db), vec![expected; 4]);
     assert_eq!(queue.counts(), (0, 0));
@@ -113,7 +115,7 @@ fn a_trigger_that_raises_refuses_its_rows() {
         25,
         &with_device(2, "windows", 23),
     );
-    assert_eq!(fetch(&mut db, 100), 25);
+    assert_eq!(fetch_all(&mut db, 100, 27), 25);
     assert_eq!(refusals(&mut db), vec![(Some("P0001".to_owned()), None, Some("user_logins".to_owned())); 2]);
     let message: String =
         db.query_one("SELECT error_message FROM sqs_ingest.dead_letters LIMIT 1", &[]).unwrap().get(0);
@@ -140,7 +142,7 @@ fn a_partitioned_table_without_a_partition_for_the_day_refuses_its_rows() {
     .unwrap();
     point_at(&mut db, &queue.url);
     queue.send(&valid(12, 29));
-    assert_eq!(fetch(&mut db, 100), 0);
+    assert_eq!(fetch_all(&mut db, 100, 12), 0);
     let expected = (Some("23514".to_owned()), None, Some("user_logins".to_owned()));
     assert_eq!(refusals(&mut db), vec![expected; 12]);
     assert_eq!(queue.counts(), (0, 0), "no message waits for a partition that may never come");
@@ -183,7 +185,7 @@ fn errors_about_the_table_or_session_are_raised_and_lose_nothing() {
     back(&queue);
 
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters"), 0, "no dead letter for any of them");
-    assert_eq!(fetch(&mut db, 100), 10, "nothing lost");
+    assert_eq!(fetch_all(&mut db, 100, 10), 10, "nothing lost");
 }
 
 #[test]
@@ -229,7 +231,7 @@ fn retry_dead_letters_stores_what_the_table_accepts_once_the_cause_is_fixed() {
         10,
         &bad,
     );
-    assert_eq!(fetch(&mut db, 100), 10);
+    assert_eq!(fetch_all(&mut db, 100, 14), 10);
     let retry = |db: &mut Client, ids: Option<Vec<i64>>| -> i32 {
         db.query_one("SELECT retry_dead_letters($1)", &[&ids]).unwrap().get(0)
     };

@@ -5,7 +5,7 @@ use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, valid};
 use sqs_ingest_it::secrets::{AWS_SECRET, PII_KEY, RECOVERY_KEY};
-use sqs_ingest_it::{count, fetch, Cluster, Emulator, Queue};
+use sqs_ingest_it::{count, fetch_all, Cluster, Emulator, Queue};
 use std::process::{Command, Stdio};
 
 fn cluster() -> &'static Cluster {
@@ -101,7 +101,7 @@ fn an_operator_fetches_and_reads_dead_letters_but_cannot_reveal_or_redirect() {
     let mut bodies = valid(10, 301);
     bodies.push("not json".to_owned());
     queue.send(&bodies);
-    assert_eq!(fetch(&mut op, 100), 10);
+    assert_eq!(fetch_all(&mut op, 100, 11), 10);
     assert_eq!(queue.counts(), (0, 0));
     assert_eq!(count(&mut op, "SELECT count(*) FROM sqs_ingest.dead_letters"), 1);
     assert_eq!(count(&mut op, "SELECT count(*) FROM user_logins"), 10);
@@ -120,12 +120,12 @@ fn the_operator_has_exactly_the_rights_ingesting_needs() {
     let mut bodies = valid(5, 311);
     bodies[4] = sqs_ingest_it::logins::with_field(&bodies[4], "device_type", "windows");
     queue.send(&bodies);
-    assert_eq!(fetch(&mut op, 10), 4);
+    assert_eq!(fetch_all(&mut op, 10, 5), 4);
     assert_eq!(count(&mut admin, "SELECT count(*) FROM sqs_ingest.pii_vault"), 10, "the vault, written for it");
     assert_eq!(count(&mut op, "SELECT count(*) FROM sqs_ingest.dead_letters"), 1);
     admin.batch_execute("UPDATE sqs_ingest.processed_messages SET ingested_at = now() - interval '365 days'").unwrap();
     queue.send(&valid(1, 313));
-    assert_eq!(fetch(&mut op, 10), 1);
+    assert_eq!(fetch_all(&mut op, 10, 1), 1);
     assert_eq!(count(&mut op, "SELECT count(*) FROM sqs_ingest.processed_messages"), 1, "the old entries pruned");
     admin.batch_execute("ALTER TABLE user_logins DROP CONSTRAINT no_windows").unwrap();
     assert_eq!(text(&mut op, "SELECT retry_dead_letters()::text").as_deref(), Some("1"));
@@ -155,7 +155,7 @@ fn a_pii_reader_reveals_originals_and_every_reveal_is_audited() {
     let (mut admin, mut reader, queue) = setup("reader", &["sqs_ingest_pii_reader"]);
     let bodies = valid(5, 307);
     queue.send(&bodies);
-    assert_eq!(fetch(&mut admin, 10), 5);
+    assert_eq!(fetch_all(&mut admin, 10, 5), 5);
     let (ip, device_id) = (field(&bodies[2], "ip"), field(&bodies[2], "device_id"));
     let sealed_in_clear = count(
         &mut admin,
@@ -210,7 +210,7 @@ fn reveal_refuses_without_the_key_it_was_sealed_under() {
     let (mut admin, _reader, queue) = setup("rekeyed", &[]);
     let bodies = valid(1, 311);
     queue.send(&bodies);
-    assert_eq!(fetch(&mut admin, 10), 1);
+    assert_eq!(fetch_all(&mut admin, 10, 1), 1);
     let masked = openssl_hmac(PII_KEY, field(&bodies[0], "ip"));
     admin.batch_execute(&format!("SET sqs_ingest.recovery_key = '{}'", "ab".repeat(32))).unwrap();
     let (code, message) = error_of(&mut admin, &format!("SELECT reveal_pii('{masked}')"));
@@ -237,7 +237,7 @@ fn ingesting_without_a_pii_key_warns_once_per_server() {
         })
         .collect();
     for (db, _) in sessions.iter_mut() {
-        assert_eq!(fetch(db, 2), 2);
+        assert_eq!(fetch_all(db, 2, 2), 2);
     }
     let warnings: Vec<usize> = sessions
         .iter()

@@ -2,7 +2,7 @@
 //! workers, checked when created, run with their owner's rights, kept by pg_dump.
 use postgres::Client;
 use sqs_ingest_it::cluster::bin;
-use sqs_ingest_it::{count, holds_for, refused, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
+use sqs_ingest_it::{count, holds_for, ingest, refused, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,9 @@ fn create_source(db: &mut Client, name: &str, queue: &Queue, table: &str, column
     .unwrap_or_else(|e| panic!("create_source {name}: {e:?}"));
 }
 
-fn fetch_source(db: &mut Client, name: &str, max: i32) -> i32 {
-    db.query_one("SELECT sqs_ingest.fetch_source($1, $2)", &[&name, &max]).unwrap().get(0)
+/// `sqs_ingest.fetch_source(name, max)` until `messages` more are in the ledger: the rows.
+fn fetch_all(db: &mut Client, name: &str, max: i32, messages: i64) -> i32 {
+    ingest(db, &format!("SELECT sqs_ingest.fetch_source('{name}', {max})"), messages)
 }
 
 #[test]
@@ -46,7 +47,7 @@ fn an_orders_queue_becomes_rows_through_expressions_and_bad_messages_become_dead
     bodies.push(r#"{"id": "o-negative", "total": "-1", "email": "y@example.com"}"#.to_owned());
     queue.send(&bodies);
 
-    assert_eq!(fetch_source(&mut db, "orders", 100), 25);
+    assert_eq!(fetch_all(&mut db, "orders", 100, 29), 25);
     assert_eq!(count(&mut db, "SELECT count(*) FROM orders"), 25);
     let row = db.query_one("SELECT total::text, email_hash = mask_pii('buyer7@example.com'), ordered_at > now() - interval '5 minutes' FROM orders WHERE order_id = 'o-7'", &[]).unwrap();
     assert_eq!(row.get::<_, String>(0), "21.07");
@@ -88,7 +89,7 @@ fn an_orders_queue_becomes_rows_through_expressions_and_bad_messages_become_dead
 
     // The same orders sent again (new message ids): the table's primary key refuses them.
     queue.send(&bodies[..5]);
-    assert_eq!(fetch_source(&mut db, "orders", 100), 0);
+    assert_eq!(fetch_all(&mut db, "orders", 100, 5), 0);
     assert_eq!(
         count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE source = 'orders' AND constraint_name = 'orders_pkey' AND table_name = 'orders'"),
         5
@@ -111,7 +112,7 @@ fn without_columns_the_body_keys_fill_columns_of_the_same_names_and_defaults_sta
         r#"{"kind": "view"}"#.to_owned(),
         r#"{"kind": "view", "amount": "many"}"#.to_owned(),
     ]);
-    assert_eq!(fetch_source(&mut db, "events", 10), 2);
+    assert_eq!(fetch_all(&mut db, "events", 10, 3), 2);
     let rows: Vec<(String, Option<i32>, Option<i32>, bool)> = db
         .query("SELECT kind, amount, doubled, at IS NOT NULL AND id > 0 FROM events ORDER BY kind", &[])
         .unwrap()
@@ -238,7 +239,7 @@ fn pg_dump_and_restore_keep_the_sources_and_drop_extension_keeps_the_tables() {
     let after: String = restored.query_one(sources, &[]).unwrap().get(0);
     assert_eq!(after, before);
     queue.send(&[order(1)]);
-    assert_eq!(fetch_source(&mut restored, "orders", 10), 1, "the restored source ingests");
+    assert_eq!(fetch_all(&mut restored, "orders", 10, 1), 1, "the restored source ingests");
 
     db.batch_execute("DROP EXTENSION sqs_ingest").unwrap();
     assert_eq!(count(&mut db, "SELECT count(*) FROM pg_class WHERE relname IN ('orders', 'user_logins')"), 2);
@@ -267,7 +268,7 @@ fn dropping_a_sources_table_or_a_column_it_fills_disables_it_with_a_warning_and_
     let queue = Emulator::shared().queue("sources_dropped");
     create_source(&mut db, "orders", &queue, "shop.orders", Some(ORDERS));
     queue.send(&[order(1)]);
-    assert_eq!(fetch_source(&mut db, "orders", 10), 1);
+    assert_eq!(fetch_all(&mut db, "orders", 10, 1), 1);
 
     // A column the mapping does not fill: nothing to say.
     db.batch_execute("ALTER TABLE shop.orders DROP COLUMN note").unwrap();
@@ -293,7 +294,7 @@ fn dropping_a_sources_table_or_a_column_it_fills_disables_it_with_a_warning_and_
         "ALTER TABLE shop.orders ADD COLUMN email_hash text; SELECT sqs_ingest.alter_source('orders', enabled => true)",
     )
     .unwrap();
-    assert_eq!(fetch_source(&mut db, "orders", 10), 1);
+    assert_eq!(fetch_all(&mut db, "orders", 10, 1), 1);
 
     // Its table dropped and made again: disabled until pointed at the new table.
     db.batch_execute("DROP TABLE shop.orders").unwrap();
@@ -308,7 +309,7 @@ fn dropping_a_sources_table_or_a_column_it_fills_disables_it_with_a_warning_and_
     let (code, message, _) = refused(&mut db, "SELECT sqs_ingest.alter_source('orders', enabled => true)");
     assert_eq!((code.as_str(), message.contains("not a table")), ("42809", true), "{message}");
     db.batch_execute("SELECT sqs_ingest.alter_source('orders', target => 'shop.orders', enabled => true)").unwrap();
-    assert_eq!(fetch_source(&mut db, "orders", 10), 1);
+    assert_eq!(fetch_all(&mut db, "orders", 10, 1), 1);
     assert_eq!(count(&mut db, "SELECT count(*) FROM shop.orders WHERE order_id = 'o-3'"), 1);
 
     // A schema dropped with everything in it, as pg_restore --clean and teardown scripts do:

@@ -7,7 +7,7 @@ use postgres::error::SqlState;
 use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
-use sqs_ingest_it::{count, fetch, key_file, localstack_venv, point_at, wait_until, Cluster, Emulator, WAIT};
+use sqs_ingest_it::{count, fetch_all, key_file, localstack_venv, point_at, wait_until, Cluster, Emulator, WAIT};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -98,7 +98,7 @@ fn https_endpoint_is_checked_against_the_servers_ca_certificates() {
     // LocalStack's certificate trusted: the same messages over TLS, deleted over TLS after commit.
     let trusting = cluster_trusting("tls_trusting", localstack_certificate(emulator.port).to_str().unwrap());
     let mut db = over_tls(&trusting, emulator.port, &queue.url);
-    assert_eq!(fetch(&mut db, 10), 5);
+    assert_eq!(fetch_all(&mut db, 10, 5), 5);
     assert_eq!(count(&mut db, "SELECT count(*) FROM user_logins"), 5);
     wait_until("the queue to be empty", WAIT, || queue.counts() == (0, 0));
 }

@@ -6,7 +6,7 @@
 use postgres::Client;
 use sqs_ingest_it::fault::FaultEndpoint;
 use sqs_ingest_it::logins::valid;
-use sqs_ingest_it::{count, fetch, point_at, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
+use sqs_ingest_it::{count, fetch_all, point_at, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
 
 const GROUPS: [&str; 3] = ["alpha", "beta", "gamma"];
 const PER_GROUP: usize = 100;
@@ -206,7 +206,7 @@ fn logins_published_through_sns_and_eventbridge_become_rows() {
     queue.send(&[documented_sns(&logins[5]), documented_event(&logins[6])]);
 
     wait_until("7 messages", WAIT, || queue.counts().0 == 7);
-    assert_eq!(fetch(&mut db, 100), 7);
+    assert_eq!(fetch_all(&mut db, 100, 7), 7);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters"), 0);
     for login in &logins {
         let user_id = sqs_ingest_it::logins::field(login, "user_id");
@@ -218,7 +218,7 @@ fn logins_published_through_sns_and_eventbridge_become_rows() {
     // A bad login inside a notification is a dead letter whose kept body masks its ip inside.
     let bad = r#"{"device_type": "android", "ip": "203.0.113.77", "device_id": "593-47-5928", "app_version": "2.3.0"}"#;
     queue.send(&[documented_sns(bad)]);
-    assert_eq!(fetch(&mut db, 10), 0);
+    assert_eq!(fetch_all(&mut db, 10, 1), 0);
     let (reason, raw, masked): (String, bool, bool) = {
         let r = db
             .query_one(
@@ -235,10 +235,10 @@ fn logins_published_through_sns_and_eventbridge_become_rows() {
     // envelope => none takes the notification itself as the login; sns requires one.
     db.batch_execute("UPDATE sqs_ingest.sources SET envelope = 'none' WHERE name = 'login'").unwrap();
     queue.send(&[documented_sns(&valid(1, 92)[0])]);
-    assert_eq!(fetch(&mut db, 10), 0);
+    assert_eq!(fetch_all(&mut db, 10, 1), 0);
     db.batch_execute("UPDATE sqs_ingest.sources SET envelope = 'sns' WHERE name = 'login'").unwrap();
     queue.send(&valid(1, 93));
-    assert_eq!(fetch(&mut db, 10), 0);
+    assert_eq!(fetch_all(&mut db, 10, 1), 0);
     let reasons: Vec<String> = db
         .query("SELECT reason FROM sqs_ingest.dead_letters ORDER BY id", &[])
         .unwrap()

@@ -7,7 +7,7 @@ use sqs_ingest_it::cluster::bin;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::secrets::RECOVERY_KEY;
-use sqs_ingest_it::{count, fetch, point_at, Cluster, Emulator};
+use sqs_ingest_it::{count, fetch_all, point_at, Cluster, Emulator};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -132,7 +132,7 @@ fn update_from(release: &str) {
     let mut bodies = valid(10, 61);
     bodies.push("not json".to_owned());
     queue.send(&bodies);
-    assert_eq!(fetch(&mut db, 100), 10);
+    assert_eq!(fetch_all(&mut db, 100, 11), 10);
     let members = format!(
         "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = '{role}'"
     );
@@ -206,7 +206,7 @@ fn update_from(release: &str) {
     let mut more = valid(3, 67);
     more[1] = sqs_ingest_it::logins::with_field(&more[1], "device_type", "windows");
     queue.send(&more);
-    assert_eq!(fetch(&mut db, 100), 2);
+    assert_eq!(fetch_all(&mut db, 100, 3), 2);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE constraint_name = 'no_windows'"), 1);
 
     if sources {
