@@ -27,6 +27,12 @@ PGRX_HOME=$PGRX_TEST_HOME cargo pgrx test pg15 --runas postgres --pgdata "$pgdat
 rm -rf "$pgdata"
 
 install_extension
+# From here on, nothing may change the system PostgreSQL's files: every later step runs a
+# PostgreSQL of its own or only reads them.
+installed() {
+  find "$("$PG_CONFIG" --pkglibdir)" "$("$PG_CONFIG" --sharedir)/extension" -maxdepth 1 -printf '%p %i %s %T@\n' | sort
+}
+installed_before=$(installed)
 
 echo "==> the Docker files: the build stage's package step in its own build context, hadolint, docker/check.py"
 # The build context as Docker sends it (.dockerignore) and the WORKDIR as the build stage's COPY
@@ -50,10 +56,9 @@ echo "==> the whole suite's server logs: no secret, receipt handle or raw PII"
 cargo test -p sqs_ingest_it --test log_scan -- --nocapture server_logs_hold_no_secret
 rm -rf "$TMPDIR"
 unset TMPDIR SQS_INGEST_PG_BIN
-unset TMPDIR
 
 echo "==> benchmark smoke: bench/run.sh on a small queue (the figures need the full run)"
-bash bench/run.sh --messages 500 --rounds 1 --rss 0
+SQS_INGEST_INSTALLED=1 bash bench/run.sh --messages 500 --rounds 1 --rss 0
 
 echo "==> PostgreSQL 18: build, install, the integration suite and its log scan"
 # pg_cron has no build for 18 here: its test and the Docker scripts' (which preload it) run on 15.
@@ -68,3 +73,12 @@ cargo test -p sqs_ingest_it -- --skip server_logs_hold_no_secret --skip pg_cron 
 cargo test -p sqs_ingest_it --test log_scan -- --nocapture server_logs_hold_no_secret
 rm -rf "$TMPDIR"
 unset TMPDIR SQS_INGEST_PG_BIN
+
+echo "==> the system PostgreSQL's files, as the release install left them"
+if [ "$(installed)" = "$installed_before" ]; then
+  echo "installed files: 1 passed, 0 failed"
+else
+  diff <(echo "$installed_before") <(installed) || true
+  echo "installed files: 0 passed, 1 failed"
+  exit 1
+fi

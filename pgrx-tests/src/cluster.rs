@@ -2,16 +2,63 @@
 //! `postgres` OS user when we are root.
 use crate::{free_port, wait_until};
 use postgres::{Client, NoTls};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+static BIN: OnceLock<String> = OnceLock::new();
+
 /// Where the server programs of the PostgreSQL the tests run against are: `SQS_INGEST_PG_BIN`,
-/// else Debian's PostgreSQL 15.
+/// else Debian's PostgreSQL 15, unless [`use_private_copy`] made them a copy's.
 pub fn bin() -> &'static str {
-    static BIN: OnceLock<String> = OnceLock::new();
-    BIN.get_or_init(|| std::env::var("SQS_INGEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned()))
+    BIN.get_or_init(installed_bin)
+}
+
+fn installed_bin() -> String {
+    std::env::var("SQS_INGEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned())
+}
+
+/// Makes this test binary's PostgreSQL one whose extension directory also holds
+/// `extension_files`, the machine's own left as it is: for Debian's PostgreSQL, a copy of its
+/// programs, libraries and shared files (PostgreSQL finds them relative to its programs); a
+/// `SQS_INGEST_PG_BIN` is the tests' own already (the relocatable 18 scripts/setup.sh
+/// unpacks), and gets the files itself. Call it before anything else uses [`bin`].
+pub fn use_private_copy(extension_files: &[PathBuf]) {
+    BIN.get_or_init(|| {
+        let installed = installed_bin();
+        let config = |what: &str| {
+            let out = Command::new(format!("{installed}/pg_config")).arg(what).output().expect("pg_config");
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        };
+        let (bindir, pkglibdir, sharedir) = (config("--bindir"), config("--pkglibdir"), config("--sharedir"));
+        let add_files = |sharedir: &Path| {
+            for file in extension_files {
+                std::fs::copy(file, sharedir.join("extension").join(file.file_name().unwrap())).unwrap();
+            }
+        };
+        if std::env::var_os("SQS_INGEST_PG_BIN").is_some() {
+            add_files(&sharedir);
+            return installed;
+        }
+        let root = std::env::temp_dir().join(format!("sqs_ingest-postgres-{}", std::process::id()));
+        for dir in [&bindir, &pkglibdir, &sharedir] {
+            let copy = root.join(dir.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            run({
+                let mut c = Command::new("cp");
+                c.arg("-a").arg(dir).arg(&copy);
+                c
+            });
+        }
+        add_files(&root.join(sharedir.strip_prefix("/").unwrap()));
+        run({
+            let mut c = Command::new("chmod");
+            c.args(["-R", "a+rX"]).arg(&root);
+            c
+        });
+        root.join(bindir.strip_prefix("/").unwrap()).to_str().unwrap().to_owned()
+    });
 }
 
 pub struct Cluster {

@@ -3,7 +3,7 @@
 //! letters, vault and grants through ALTER EXTENSION sqs_ingest UPDATE, and ends with exactly
 //! the schema of a fresh install of the current version.
 use postgres::Client;
-use sqs_ingest_it::cluster::bin;
+use sqs_ingest_it::cluster::{bin, use_private_copy};
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::secrets::RECOVERY_KEY;
@@ -11,7 +11,17 @@ use sqs_ingest_it::{count, fetch_all, point_at, Cluster, Emulator};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A cluster of a private copy of the installed PostgreSQL that also holds every earlier
+/// release's install script, as a server that had them installed has them.
 fn cluster() -> &'static Cluster {
+    let sql = root().join("sql");
+    let releases: Vec<PathBuf> = std::fs::read_dir(&sql)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().matches("--").count() == 1)
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("sqs_ingest--"))
+        .collect();
+    use_private_copy(&releases);
     Cluster::shared(&[&format!("sqs_ingest.recovery_key = '{RECOVERY_KEY}'")], &AWS_ENV)
 }
 
@@ -22,15 +32,6 @@ fn root() -> &'static Path {
 /// The current version, as the installed control file's default_version names it.
 fn current_version(db: &mut Client) -> String {
     db.query_one("SELECT default_version FROM pg_available_extensions WHERE name = 'sqs_ingest'", &[]).unwrap().get(0)
-}
-
-/// Puts a release's install script beside the installed extension, as a server that had it
-/// installed has it.
-fn install_release(release: &str) {
-    let out = Command::new(format!("{}/pg_config", bin())).arg("--sharedir").output().unwrap();
-    let sharedir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let name = format!("sqs_ingest--{release}.sql");
-    std::fs::copy(root().join("sql").join(&name), sharedir.join("extension").join(&name)).unwrap();
 }
 
 /// `pg_dump --schema-only --binary-upgrade` of `db`, which (unlike a plain dump) lists every
@@ -113,7 +114,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn update_from(release: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    install_release(release);
     let tag = release.replace('.', "_");
     let (upgraded_db, fresh_db) = (format!("upgraded_{tag}"), format!("fresh_{tag}"));
     let queue = Emulator::shared().queue(&format!("upgrade_{tag}"));
@@ -241,7 +241,6 @@ fn update_from(release: &str) {
 #[test]
 fn a_view_over_the_ledger_ids_stops_the_update_to_0_5_0_with_a_hint() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    install_release("0.4.0");
     let mut admin = cluster().connect("postgres");
     admin.batch_execute("DROP DATABASE IF EXISTS ledger_view").unwrap();
     admin.batch_execute("CREATE DATABASE ledger_view").unwrap();

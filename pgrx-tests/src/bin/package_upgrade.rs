@@ -118,7 +118,9 @@ fn main() {
     assert_eq!(rows(&mut db), total);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.processed_messages"), total);
     assert!(!std::path::Path::new("/usr/lib/postgresql/15/lib/sqs_ingest.so").exists());
-    ok(&format!("apt-get remove {PACKAGE}: the library is gone, user_logins keeps its {total} rows and the ledger its entries"));
+    ok(&format!(
+        "apt-get remove {PACKAGE}: the library is gone, user_logins keeps its {total} rows and the ledger its entries"
+    ));
     println!("package upgrade: {passed} passed, 0 failed");
 }
 
