@@ -3,6 +3,8 @@
 -- so no reader needs (or has) any right to change it.
 REVOKE ALL ON FUNCTION @extschema@.fetch_login_queue(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.fetch_login_queue(integer) TO sqs_ingest_operator;
+REVOKE ALL ON FUNCTION sqs_ingest.retry_dead_letters(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sqs_ingest.retry_dead_letters(bigint[]) TO sqs_ingest_operator;
 REVOKE ALL ON FUNCTION @extschema@.retry_dead_letters(bigint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.retry_dead_letters(bigint[]) TO sqs_ingest_operator;
 REVOKE ALL ON FUNCTION @extschema@.reveal_pii(text) FROM PUBLIC;

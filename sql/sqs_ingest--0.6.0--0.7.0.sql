@@ -26,3 +26,12 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'worker_status_rows_wrapper';
 CREATE VIEW sqs_ingest.worker_status AS SELECT * FROM sqs_ingest.worker_status_rows();
 GRANT SELECT ON sqs_ingest.worker_status TO sqs_ingest_operator;
+
+-- retry_dead_letters moves to the schema of every other source function (its grants go with it);
+-- the name it had stays, calling it.
+ALTER FUNCTION @extschema@.retry_dead_letters(bigint[]) SET SCHEMA sqs_ingest;
+CREATE FUNCTION @extschema@.retry_dead_letters(ids bigint[] DEFAULT NULL) RETURNS integer
+    LANGUAGE sql VOLATILE PARALLEL UNSAFE
+    RETURN sqs_ingest.retry_dead_letters(ids);
+REVOKE ALL ON FUNCTION @extschema@.retry_dead_letters(bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.retry_dead_letters(bigint[]) TO sqs_ingest_operator;

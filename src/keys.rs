@@ -10,6 +10,7 @@ use sqs_ingest_core::key_file;
 use sqs_ingest_core::vault::Sealer;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub static PII_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -27,6 +28,15 @@ static RECOVERY_KEY: Mutex<Option<Vec<u8>>> = Mutex::new(None);
 /// that reloads.
 static PII_REFUSED: Mutex<Option<String>> = Mutex::new(None);
 static RECOVERY_REFUSED: Mutex<Option<String>> = Mutex::new(None);
+
+/// Counts the changes of the masking key, or of its refusal, in this process: what is made
+/// from them (settings' masker) is made again when it moves, and otherwise taken as it is.
+static PII_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The masking key's generation: equal while neither the key nor its refusal changed.
+pub fn pii_generation() -> u64 {
+    PII_GENERATION.load(Ordering::Relaxed)
+}
 
 pub fn register() {
     // SAFETY: the hooks are #[pg_guard] functions that live as long as the library.
@@ -122,6 +132,7 @@ unsafe fn check(
                 let configured = !matches!(source, PGC_S_INTERACTIVE | PGC_S_SESSION | PGC_S_TEST);
                 if configured && key.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
                     *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("\"{path}\": {why}"));
+                    PII_GENERATION.fetch_add(1, Ordering::Relaxed);
                 }
                 let detail = CString::new(format!("The key file \"{path}\" cannot be used: {why}."))
                     .unwrap_or_else(|_| c"The key file cannot be used.".to_owned());
@@ -189,6 +200,7 @@ unsafe extern "C-unwind" fn assign_pii_key_file(_newval: *const c_char, extra: *
     *PII_KEY.lock().unwrap_or_else(|e| e.into_inner()) = unsafe { key_in(extra) };
     // A value that passed its check: a key, or none asked for.
     *PII_REFUSED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    PII_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
 #[pg_guard]
@@ -198,39 +210,99 @@ unsafe extern "C-unwind" fn assign_recovery_key_file(_newval: *const c_char, ext
     *RECOVERY_REFUSED.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
-/// Check hooks of the deprecated key settings: accept any value, and in the postmaster (once per
-/// start and reload, not once per process) warn that a key is in the configuration.
+/// The keys of the deprecated settings `sqs_ingest.pii_key` and `recovery_key`, as last assigned
+/// in this process. The settings themselves always hold an empty string: a reload logs every
+/// setting whose value changed, with the new value ("parameter ... changed to ..."), so a value
+/// that never changes is never logged.
+static DEPRECATED_PII_KEY: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+static DEPRECATED_RECOVERY_KEY: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+
+/// The key set in the deprecated `sqs_ingest.pii_key`, if any.
+pub fn deprecated_pii_key() -> Option<Vec<u8>> {
+    DEPRECATED_PII_KEY.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The key set in the deprecated `sqs_ingest.recovery_key`, if any.
+pub fn deprecated_recovery_key() -> Option<Vec<u8>> {
+    DEPRECATED_RECOVERY_KEY.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Check hooks of the deprecated key settings: any value is accepted and handed to the assign
+/// hook through `extra`, and the setting keeps an empty string in its place. In the postmaster
+/// (once per start and reload, not once per process) a WARNING says that a key is in the
+/// configuration.
 #[pg_guard]
-pub unsafe extern "C-unwind" fn warn_pii_key_in_configuration(
+pub unsafe extern "C-unwind" fn hide_pii_key(
     newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
+    extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: as Postgres calls a check hook.
-    unsafe { warn_if_set(newval, "pii_key") }
+    unsafe { hide(newval, extra, "pii_key") }
 }
 
 #[pg_guard]
-pub unsafe extern "C-unwind" fn warn_recovery_key_in_configuration(
+pub unsafe extern "C-unwind" fn hide_recovery_key(
     newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
+    extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: as Postgres calls a check hook.
-    unsafe { warn_if_set(newval, "recovery_key") }
+    unsafe { hide(newval, extra, "recovery_key") }
 }
 
-unsafe fn warn_if_set(newval: *mut *mut c_char, name: &str) -> bool {
-    // SAFETY: Postgres passes the proposed value, a C string or NULL; IsUnderPostmaster is a
-    // plain flag of this process.
-    let set = unsafe { !(*newval).is_null() && **newval != 0 };
-    if set && unsafe { !pg_sys::IsUnderPostmaster } {
-        report(
-            PgSqlErrorCode::ERRCODE_WARNING_DEPRECATED_FEATURE,
-            format!("sqs_ingest.{name} holds a key in the server's configuration: a reload logs its new value, and postgresql.auto.conf and base backups keep it"),
-            &format!("Put the key in a file only the server's user can read, set sqs_ingest.{name}_file to its path, and remove sqs_ingest.{name}; see the README, \"Keys\"."),
-        )
-        .report(PgLogLevel::WARNING);
+#[pg_guard]
+pub unsafe extern "C-unwind" fn assign_deprecated_pii_key(_newval: *const c_char, extra: *mut c_void) {
+    // SAFETY: `extra` is what hide_pii_key made for this value.
+    *DEPRECATED_PII_KEY.lock().unwrap_or_else(|e| e.into_inner()) = unsafe { key_in(extra) };
+    PII_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn assign_deprecated_recovery_key(_newval: *const c_char, extra: *mut c_void) {
+    // SAFETY: `extra` is what hide_recovery_key made for this value.
+    *DEPRECATED_RECOVERY_KEY.lock().unwrap_or_else(|e| e.into_inner()) = unsafe { key_in(extra) };
+}
+
+unsafe fn hide(newval: *mut *mut c_char, extra: *mut *mut c_void, name: &str) -> bool {
+    // SAFETY: Postgres passes the proposed value, a C string or NULL, allocated as its GUC
+    // strings are, which a check hook may replace with another so allocated (freeing the old);
+    // IsUnderPostmaster is a plain flag of this process.
+    unsafe {
+        if (*newval).is_null() || **newval == 0 {
+            *extra = std::ptr::null_mut();
+            return true;
+        }
+        *extra = extra_with(CStr::from_ptr(*newval).to_bytes());
+        let empty = guc_string(c"");
+        if (*extra).is_null() || empty.is_null() {
+            return false;
+        }
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        libc::free(*newval as *mut c_void);
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        pg_sys::guc_free(*newval as *mut c_void);
+        *newval = empty;
+        if !pg_sys::IsUnderPostmaster {
+            report(
+                PgSqlErrorCode::ERRCODE_WARNING_DEPRECATED_FEATURE,
+                format!("sqs_ingest.{name} holds a key in the server's configuration: postgresql.auto.conf and base backups keep it"),
+                &format!("Put the key in a file only the server's user can read, set sqs_ingest.{name}_file to its path, and remove sqs_ingest.{name}; see the README, \"Keys\"."),
+            )
+            .report(PgLogLevel::WARNING);
+        }
     }
     true
+}
+
+/// A copy of `text` allocated as Postgres allocates setting values (malloc before 16, its GUC
+/// allocator since); NULL when out of memory.
+unsafe fn guc_string(text: &CStr) -> *mut c_char {
+    // SAFETY: both copy a C string into a fresh allocation Postgres frees with the setting.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        return libc::strdup(text.as_ptr());
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        return pg_sys::guc_strdup(pg_sys::LOG as i32, text.as_ptr());
+    }
 }

@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 /// not IMMUTABLE: its result depends on a setting. STRICT: NULL in, NULL out.
 #[pg_extern(stable, strict, parallel_safe)]
 fn mask_pii(value: &str) -> Result<String, ErrorReport> {
-    Ok(settings::masker()?.mask(value))
+    Ok(settings::with_masker(|masker| masker.mask(value))?)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

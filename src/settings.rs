@@ -8,6 +8,7 @@ use pgrx::PgSqlErrorCode;
 use sqs_ingest_core::endpoint::endpoint_for_queue;
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::vault::{Sealer, VaultError};
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::fmt;
 use std::time::Duration;
@@ -80,10 +81,11 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    // Deprecated by the key files (keys.rs): a reload logs a changed value of any setting, and
-    // ALTER SYSTEM keeps it in postgresql.auto.conf. Kept so that a configuration using them
-    // keeps masking the same way, with a WARNING at every start and reload while set.
-    // SAFETY: the hook is a #[pg_guard] function that lives as long as the library.
+    // Deprecated by the key files (keys.rs): ALTER SYSTEM keeps a key in postgresql.auto.conf.
+    // Kept so that a configuration using them keeps masking the same way, with a WARNING at
+    // every start and reload while set; the key goes from the check hook to the assign hook and
+    // the setting holds an empty string, so that a reload never logs it (keys::hide).
+    // SAFETY: the hooks are #[pg_guard] functions that live as long as the library.
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
             c"sqs_ingest.pii_key",
@@ -92,8 +94,8 @@ pub fn register() {
             &PII_KEY,
             GucContext::Suset,
             GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
-            Some(keys::warn_pii_key_in_configuration),
-            None,
+            Some(keys::hide_pii_key),
+            Some(keys::assign_deprecated_pii_key),
             None,
         );
         GucRegistry::define_string_guc_with_hooks(
@@ -103,8 +105,8 @@ pub fn register() {
             &RECOVERY_KEY,
             GucContext::Suset,
             GucFlags::NO_SHOW_ALL | GucFlags::SUPERUSER_ONLY,
-            Some(keys::warn_recovery_key_in_configuration),
-            None,
+            Some(keys::hide_recovery_key),
+            Some(keys::assign_deprecated_recovery_key),
             None,
         );
     }
@@ -386,7 +388,7 @@ pub fn fetch_settings(overrides: &Overrides) -> Result<FetchSettings, SettingsEr
         worker_wait: overrides.wait_seconds.unwrap_or_else(|| WORKER_WAIT.get()),
         in_flight: overrides.requests_in_flight.map_or_else(requests_in_flight, |n| n as usize),
         ledger_retention_seconds: LEDGER_RETENTION.get(),
-        masker: masker()?,
+        masker: with_masker(Masker::clone)?,
         sealer: sealer()?,
     })
 }
@@ -402,9 +404,8 @@ pub fn sealer() -> Result<Option<Sealer>, SettingsError> {
     if let Some(problem) = keys::refused(true) {
         return Err(SettingsError::KeyFile { setting: "recovery_key_file", problem });
     }
-    let key =
-        keys::recovery_key().map(|k| String::from_utf8_lossy(&k).into_owned()).unwrap_or_else(|| text(&RECOVERY_KEY));
-    match key {
+    let key = keys::recovery_key().or_else(keys::deprecated_recovery_key).unwrap_or_default();
+    match String::from_utf8_lossy(&key).into_owned() {
         key if key.is_empty() => Ok(None),
         key => Sealer::from_hex(&key).map(Some).map_err(SettingsError::RecoveryKey),
     }
@@ -413,7 +414,7 @@ pub fn sealer() -> Result<Option<Sealer>, SettingsError> {
 /// The masking key: from `sqs_ingest.pii_key_file`, else the deprecated `sqs_ingest.pii_key`;
 /// empty when neither is set.
 fn pii_key() -> Vec<u8> {
-    keys::pii_key().unwrap_or_else(|| PII_KEY.get().map(|k| k.into_bytes()).unwrap_or_default())
+    keys::pii_key().or_else(keys::deprecated_pii_key).unwrap_or_default()
 }
 
 /// Whether masking is keyed; unkeyed hashes of IPv4 addresses and device ids are reversible by
@@ -422,11 +423,23 @@ pub fn pii_key_is_set() -> bool {
     !pii_key().is_empty()
 }
 
-/// The masker for `mask_pii` and ingestion alike, so both always agree; none while the
-/// configured key file cannot be used.
-pub fn masker() -> Result<Masker, SettingsError> {
-    if let Some(problem) = keys::refused(false) {
-        return Err(SettingsError::KeyFile { setting: "pii_key_file", problem });
-    }
-    Ok(Masker::new(&pii_key()))
+thread_local! {
+    /// The masker, and the key generation it was made at: a call of mask_pii takes it as it
+    /// is, with neither the key's locks nor its HMAC key schedule.
+    static MASKER: RefCell<Option<(u64, Masker)>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the masker of `mask_pii` and ingestion alike, so that both always agree;
+/// none while the configured key file cannot be used.
+pub fn with_masker<R>(f: impl FnOnce(&Masker) -> R) -> Result<R, SettingsError> {
+    let generation = keys::pii_generation();
+    MASKER.with_borrow_mut(|cached| {
+        if cached.as_ref().is_none_or(|(made_at, _)| *made_at != generation) {
+            if let Some(problem) = keys::refused(false) {
+                return Err(SettingsError::KeyFile { setting: "pii_key_file", problem });
+            }
+            *cached = Some((generation, Masker::new(&pii_key())));
+        }
+        Ok(f(&cached.as_ref().expect("made above").1))
+    })
 }

@@ -14,8 +14,20 @@ pub mod secrets {
     pub const FILE_PII_KEY: &str = "file-pii-key-4d7b19e2c6";
     pub const ROTATED_PII_KEY: &str = "rotated-pii-key-8a3f60d5b1";
     pub const FILE_RECOVERY_KEY: &str = "9c1e5a7b3d2f4e6a8b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6";
+    /// Keys set in the deprecated settings themselves, by ALTER SYSTEM and a reload.
+    pub const DEPRECATED_PII_KEY: &str = "deprecated-pii-key-3e9a1c7b55";
+    pub const DEPRECATED_RECOVERY_KEY: &str = "7a1e3c5b9d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1e3b5d7f9a2c4e6b8d0f1a3c";
     /// Every secret above, for the scans.
-    pub const ALL: [&str; 6] = [PII_KEY, RECOVERY_KEY, AWS_SECRET, FILE_PII_KEY, ROTATED_PII_KEY, FILE_RECOVERY_KEY];
+    pub const ALL: [&str; 8] = [
+        PII_KEY,
+        RECOVERY_KEY,
+        AWS_SECRET,
+        FILE_PII_KEY,
+        ROTATED_PII_KEY,
+        FILE_RECOVERY_KEY,
+        DEPRECATED_PII_KEY,
+        DEPRECATED_RECOVERY_KEY,
+    ];
 }
 
 pub use cluster::Cluster;

@@ -83,6 +83,15 @@ fn kill(pid: i32) {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {pid}");
 }
 
+/// Sets its flag when dropped: at the end of a scope, or when a panic leaves it.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Calls fetch_login_queue(20) in a loop until `stop`, reconnecting after crashes; its backend's
 /// pid is published in `pid`.
 fn caller_loop(c: &Cluster, stop: &AtomicBool, pid: &AtomicI32) {
@@ -126,6 +135,8 @@ fn sigkill_of_callers_and_workers_during_a_2000_message_drain() {
     let sent = mixed(1900, 100, 401);
     let (stop, caller) = (AtomicBool::new(false), AtomicI32::new(0));
     std::thread::scope(|s| {
+        // A failed wait below ends the caller too, so that the test fails instead of hanging.
+        let _stop = Stop(&stop);
         s.spawn(|| queue.feed(&sent.bodies));
         s.spawn(|| caller_loop(&c, &stop, &caller));
         let mut progress = 0;
@@ -153,7 +164,6 @@ fn sigkill_of_callers_and_workers_during_a_2000_message_drain() {
             c.wait_up();
         }
         wait_stored(&c, sent.bodies.len());
-        stop.store(true, Ordering::SeqCst);
     });
     check("SIGKILL: 3 x worker mid-batch, 3 x backend mid-fetch_login_queue", &c, &queue, &sent, 1);
     assert!(c.log_lines("was terminated by signal 9") >= 6, "six crashes, each restarted");
@@ -270,13 +280,13 @@ fn four_callers_and_two_workers_on_one_queue() {
     let stop = AtomicBool::new(false);
     let pids: Vec<AtomicI32> = (0..4).map(|_| AtomicI32::new(0)).collect();
     std::thread::scope(|s| {
+        let _stop = Stop(&stop);
         s.spawn(|| queue.feed(&sent.bodies));
         for pid in &pids {
             let (c, stop) = (&c, &stop);
             s.spawn(move || caller_loop(c, stop, pid));
         }
         wait_stored(&c, sent.bodies.len());
-        stop.store(true, Ordering::SeqCst);
     });
     check("4 concurrent fetch_login_queue callers + 2 workers", &c, &queue, &sent, 2);
 }

@@ -1,13 +1,16 @@
 //! Keys from files, set the way the README says (ALTER SYSTEM of the path, then a reload): they
 //! key masking and recovery, a reload reads them again (rotation), a file others may read is
 //! refused with a clear message, and no key reaches the server log, postgresql.auto.conf or a
-//! base backup of the cluster.
+//! base backup of the cluster. The deprecated settings that hold keys themselves still work, and
+//! their keys do not reach the log either.
 use postgres::error::SqlState;
 use postgres::Client;
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, valid};
-use sqs_ingest_it::secrets::{self, FILE_PII_KEY, FILE_RECOVERY_KEY, ROTATED_PII_KEY};
+use sqs_ingest_it::secrets::{
+    self, DEPRECATED_PII_KEY, DEPRECATED_RECOVERY_KEY, FILE_PII_KEY, FILE_RECOVERY_KEY, ROTATED_PII_KEY,
+};
 use sqs_ingest_it::{cluster::bin, count, fetch_all, key_file, point_at, refused, wait_until, Cluster, Emulator, WAIT};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -174,4 +177,42 @@ fn a_key_file_unusable_at_start_stops_masking_and_ingesting_until_it_loads() {
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.pii_vault"), 6, "every original sealed");
     assert_eq!(c.log_lines("pii_key is not set"), 0, "never masked without its key");
     std::fs::remove_dir_all(&keys).unwrap();
+}
+
+#[test]
+fn keys_in_the_deprecated_settings_set_by_alter_system_and_reload_work_and_never_reach_the_log() {
+    let emulator = Emulator::shared();
+    let queue = emulator.queue("deprecated_keys");
+    let c = Cluster::start("deprecated_keys", &[], &AWS_ENV);
+    let mut db = c.connect("postgres");
+    db.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    db.batch_execute(&format!("ALTER SYSTEM SET sqs_ingest.pii_key = '{DEPRECATED_PII_KEY}'")).unwrap();
+    reload(&mut db, &format!("ALTER SYSTEM SET sqs_ingest.recovery_key = '{DEPRECATED_RECOVERY_KEY}'"));
+    wait_until("the reload to reach new sessions", WAIT, || masks_under(&c, DEPRECATED_PII_KEY));
+    // A changed key, reloaded: PostgreSQL logs a setting whose value changed, with the value.
+    reload(&mut db, &format!("ALTER SYSTEM SET sqs_ingest.pii_key = '{DEPRECATED_PII_KEY}-2'"));
+    wait_until("the changed key", WAIT, || masks_under(&c, &format!("{DEPRECATED_PII_KEY}-2")));
+    let mut db = c.connect("postgres");
+    point_at(&mut db, &queue.url);
+    queue.send(&valid(3, 83));
+    assert_eq!(fetch_all(&mut db, 10, 3), 3);
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM sqs_ingest.pii_vault"),
+        6,
+        "originals sealed under the recovery key"
+    );
+    let shown: String = db.query_one("SHOW sqs_ingest.pii_key", &[]).unwrap().get(0);
+    assert_eq!(shown, "", "the setting holds no key");
+    db.batch_execute("ALTER SYSTEM RESET sqs_ingest.pii_key").unwrap();
+    reload(&mut db, "ALTER SYSTEM RESET sqs_ingest.recovery_key");
+    wait_until("the keys reset", WAIT, || {
+        let masked: String = c.connect("postgres").query_one("SELECT mask_pii('1.2.3.4')", &[]).unwrap().get(0);
+        masked == Masker::new(b"").mask("1.2.3.4")
+    });
+
+    let log = c.log_text();
+    assert!(log.contains("sqs_ingest.pii_key holds a key in the server's configuration"), "the WARNING:\n{log}");
+    let leaked: Vec<&str> =
+        [DEPRECATED_PII_KEY, DEPRECATED_RECOVERY_KEY].into_iter().filter(|k| log.contains(k)).collect();
+    assert!(leaked.is_empty(), "keys in the server log: {leaked:?}\n{log}");
 }

@@ -233,7 +233,7 @@ fn retry_dead_letters_stores_what_the_table_accepts_once_the_cause_is_fixed() {
     );
     assert_eq!(fetch_all(&mut db, 100, 14), 10);
     let retry = |db: &mut Client, ids: Option<Vec<i64>>| -> i32 {
-        db.query_one("SELECT retry_dead_letters($1)", &[&ids]).unwrap().get(0)
+        db.query_one("SELECT sqs_ingest.retry_dead_letters($1)", &[&ids]).unwrap().get(0)
     };
     assert_eq!(retry(&mut db, None), 0, "still refused");
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE sqlstate = '23514'"), 3);
@@ -241,8 +241,10 @@ fn retry_dead_letters_stores_what_the_table_accepts_once_the_cause_is_fixed() {
     // Only operators (and superusers) may retry.
     db.batch_execute("DROP ROLE IF EXISTS retry_nobody; CREATE ROLE retry_nobody LOGIN").unwrap();
     let mut nobody = shared_cluster().connect_as("refused_retry", "retry_nobody");
-    let denied = nobody.query_one("SELECT retry_dead_letters()", &[]).unwrap_err();
-    assert_eq!(denied.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    for name in ["sqs_ingest.retry_dead_letters", "retry_dead_letters"] {
+        let denied = nobody.query_one(&format!("SELECT {name}()"), &[]).unwrap_err();
+        assert_eq!(denied.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{name}");
+    }
 
     db.batch_execute("ALTER TABLE user_logins DROP CONSTRAINT known_device").unwrap();
     let first: i64 =

@@ -82,7 +82,7 @@ fn an_orders_queue_becomes_rows_through_expressions_and_bad_messages_become_dead
 
     // The cause fixed, the refused row is retried from its dead letter.
     db.batch_execute("ALTER TABLE orders DROP CONSTRAINT orders_total_check").unwrap();
-    let retried: i32 = db.query_one("SELECT retry_dead_letters()", &[]).unwrap().get(0);
+    let retried: i32 = db.query_one("SELECT sqs_ingest.retry_dead_letters()", &[]).unwrap().get(0);
     assert_eq!(retried, 1);
     assert_eq!(count(&mut db, "SELECT count(*) FROM orders WHERE order_id = 'o-negative'"), 1);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.dead_letters WHERE source = 'orders'"), 3);

@@ -9,10 +9,27 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use std::collections::BTreeMap;
 
-/// Re-ingests the dead letters `ids` (all of them when NULL); removes those that became rows
-/// and returns how many did. Those refused again stay, with their new reason and error.
-#[pg_extern(volatile, parallel_unsafe)]
-fn retry_dead_letters(ids: default!(Option<Vec<i64>>, "NULL")) -> Result<i32, ErrorReport> {
+#[pg_schema]
+mod sqs_ingest {
+    use pgrx::pg_sys::panic::ErrorReport;
+    use pgrx::prelude::*;
+
+    /// Re-ingests the dead letters `ids` (all of them when NULL); removes those that became
+    /// rows and returns how many did. Those refused again stay, with their new reason and error.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn retry_dead_letters(ids: default!(Option<Vec<i64>>, "NULL")) -> Result<i32, ErrorReport> {
+        super::retry(ids)
+    }
+}
+
+// The name releases before 0.7.0 gave it, in the extension's schema.
+extension_sql_file!(
+    "../../sql/retry_dead_letters_alias.sql",
+    name = "retry_dead_letters_alias",
+    requires = [sqs_ingest::retry_dead_letters]
+);
+
+fn retry(ids: Option<Vec<i64>>) -> Result<i32, ErrorReport> {
     super::writable()?;
     // Dead letters name their source from 0.3.0 on; before, every one is the login source's.
     let named: Option<bool> = Spi::get_one("SELECT to_regclass('sqs_ingest.sources') IS NOT NULL")

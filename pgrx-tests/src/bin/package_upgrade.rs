@@ -7,7 +7,7 @@
 use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
-use sqs_ingest_it::{count, wait_until, Cluster, Emulator, WAIT};
+use sqs_ingest_it::{count, fetch_all, wait_until, Cluster, Emulator, WAIT};
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ fn main() {
         format!("sqs_ingest.queue_url = '{}'", queue.url),
         "sqs_ingest.worker_wait = 1".to_owned(),
         "sqs_ingest.worker_max_backoff = 1".to_owned(),
+        // The workers in this one database, in both releases: the second database below is
+        // served by calls alone, from a queue of its own.
+        "sqs_ingest.database = 'postgres'".to_owned(),
     ];
     let cluster = Cluster::start("package", &settings, &AWS_ENV);
     let mut db = cluster.connect("postgres");
@@ -102,9 +105,17 @@ fn main() {
     wait_until("every login sent, once", WAIT, || rows(&mut db) == total);
     assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.processed_messages"), total);
     let database: String = db.query_one("SELECT database FROM sqs_ingest.worker_status", &[]).unwrap().get(0);
+    // The package's own install script, in the database where it was refused before.
+    let other_queue = emulator.queue("package_other");
+    other_queue.send(&valid(10, 9000));
+    let mut other = cluster.connect("package_other");
+    other.batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
+    assert_eq!(extversion(&mut other), updated);
+    other.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'", other_queue.url)).unwrap();
+    assert_eq!(fetch_all(&mut other, 100, 10), 10);
     ok(&format!(
         "restarted: ALTER EXTENSION sqs_ingest UPDATE {old} -> {updated}, worker in {database}; {total} logins sent, \
-         {total} rows, none twice"
+         {total} rows, none twice; CREATE EXTENSION ({updated}) in a second database, 10 rows by fetch_login_queue"
     ));
 
     apt(&["remove", "-y", "-q", PACKAGE]);
