@@ -121,8 +121,11 @@ impl Cluster {
             c.args(["--locale=C.UTF-8", "--no-sync"]);
             c
         });
+        // A test binary's shared cluster holds a database per test, each with its workers (one
+        // per database with the extension, as the launcher starts them), and reveal_pii's audit
+        // needs a background worker of its own: more than the default 8.
         let mut conf = "listen_addresses = '127.0.0.1'\nshared_preload_libraries = 'sqs_ingest'\nfsync = off\n\
-                        max_connections = 50\nlog_line_prefix = '%m [%p] %q%a '\n"
+                        max_connections = 50\nmax_worker_processes = 32\nlog_line_prefix = '%m [%p] %q%a '\n"
             .to_owned();
         for s in settings {
             conf.push_str(s);
