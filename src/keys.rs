@@ -132,7 +132,9 @@ unsafe fn check(
                 let configured = !matches!(source, PGC_S_INTERACTIVE | PGC_S_SESSION | PGC_S_TEST);
                 if configured && key.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
                     *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("\"{path}\": {why}"));
-                    PII_GENERATION.fetch_add(1, Ordering::Relaxed);
+                    if !recovery {
+                        PII_GENERATION.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 let detail = CString::new(format!("The key file \"{path}\" cannot be used: {why}."))
                     .unwrap_or_else(|_| c"The key file cannot be used.".to_owned());
@@ -148,10 +150,7 @@ unsafe fn extra_with(key: &[u8]) -> *mut c_void {
     let size = std::mem::size_of::<usize>() + key.len();
     // SAFETY: a fresh allocation of `size` bytes, written within bounds; Postgres frees it.
     unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-        let block = libc::malloc(size) as *mut u8;
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-        let block = pg_sys::guc_malloc(pg_sys::LOG as i32, size) as *mut u8;
+        let block = guc_alloc(size);
         if block.is_null() {
             return std::ptr::null_mut();
         }
@@ -278,10 +277,7 @@ unsafe fn hide(newval: *mut *mut c_char, extra: *mut *mut c_void, name: &str) ->
         if (*extra).is_null() || empty.is_null() {
             return false;
         }
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-        libc::free(*newval as *mut c_void);
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-        pg_sys::guc_free(*newval as *mut c_void);
+        guc_free(*newval as *mut c_void);
         *newval = empty;
         if !pg_sys::IsUnderPostmaster {
             report(
@@ -295,14 +291,38 @@ unsafe fn hide(newval: *mut *mut c_char, extra: *mut *mut c_void, name: &str) ->
     true
 }
 
-/// A copy of `text` allocated as Postgres allocates setting values (malloc before 16, its GUC
-/// allocator since); NULL when out of memory.
+/// A copy of `text` in memory of [`guc_alloc`]; NULL when out of memory.
 unsafe fn guc_string(text: &CStr) -> *mut c_char {
-    // SAFETY: both copy a C string into a fresh allocation Postgres frees with the setting.
+    let bytes = text.to_bytes_with_nul();
+    // SAFETY: a fresh allocation of exactly the bytes copied into it.
+    unsafe {
+        let copy = guc_alloc(bytes.len());
+        if !copy.is_null() {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+        }
+        copy as *mut c_char
+    }
+}
+
+/// `size` bytes as Postgres allocates setting values and their `extra` (malloc before 16, its
+/// GUC allocator since), so that it frees them with the setting; NULL when out of memory.
+unsafe fn guc_alloc(size: usize) -> *mut u8 {
+    // SAFETY: both allocate `size` fresh bytes or return NULL.
     unsafe {
         #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-        return libc::strdup(text.as_ptr());
+        return libc::malloc(size) as *mut u8;
         #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-        return pg_sys::guc_strdup(pg_sys::LOG as i32, text.as_ptr());
+        return pg_sys::guc_malloc(pg_sys::LOG as i32, size) as *mut u8;
+    }
+}
+
+/// Frees memory of [`guc_alloc`], or a setting's value Postgres allocated.
+unsafe fn guc_free(block: *mut c_void) {
+    // SAFETY: `block` came from the allocator Postgres uses for settings in this major.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        libc::free(block);
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        pg_sys::guc_free(block);
     }
 }

@@ -77,7 +77,8 @@ fn as_postgres(program: &str) -> Command {
     }
 }
 
-fn run(mut command: Command) {
+/// Runs `command` to its end; panics with its output unless it succeeded.
+pub fn run(mut command: Command) {
     let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
     assert!(
         out.status.success(),

@@ -5,6 +5,7 @@
 //! the restart, the update; then apt-get remove, which keeps the tables and their rows.
 //! Usage: package_upgrade PREVIOUS.deb NEW.deb
 use postgres::Client;
+use sqs_ingest_it::cluster::run;
 use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::{count, fetch_all, wait_until, Cluster, Emulator, WAIT};
@@ -146,17 +147,9 @@ fn rows(db: &mut Client) -> i64 {
 }
 
 fn apt(args: &[&str]) {
-    let out = Command::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .unwrap_or_else(|e| panic!("apt-get {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "apt-get {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut apt_get = Command::new("apt-get");
+    apt_get.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    run(apt_get);
 }
 
 /// The version dpkg has installed of the package.
