@@ -49,7 +49,8 @@ fn shared_in(slot: &'static OnceLock<Emulator>, start: fn() -> Emulator) -> &'st
 }
 
 impl Emulator {
-    /// moto's server, from the venv scripts/setup.sh makes.
+    /// moto's server, from the venv scripts/setup.sh makes, with its delete race mended
+    /// (python/moto_server.py).
     pub fn start() -> Emulator {
         Emulator::moto(&venv(), true)
     }
@@ -62,8 +63,9 @@ impl Emulator {
 
     fn moto(venv: &Path, json: bool) -> Emulator {
         let port = free_port();
-        let process = Command::new(venv.join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let server = concat!(env!("CARGO_MANIFEST_DIR"), "/python/moto_server.py");
+        let process = Command::new(venv.join("bin/python"))
+            .args([server, "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -19,7 +19,7 @@ use latch::{reload_if_asked, reload_pending, shutdown_requested, wait, wait_for_
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::FromDatum;
-use polls::Polls;
+use polls::{Backlog, Polls};
 use round::{Problem, Round};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -53,9 +53,8 @@ pub struct Me {
 /// How a worker is doing with one of its sources.
 #[derive(Default)]
 struct Served {
-    /// Its last round brought all it asked for: the next receive asks for a backlog. The FIFO
-    /// groups that round found (0 for a standard queue).
-    backlog: Option<usize>,
+    /// Its last round brought all it asked for: the next receive asks for a backlog.
+    backlog: Option<Backlog>,
     /// Backoff after errors: doubles from 1 s up to sqs_ingest.worker_max_backoff.
     pause: Duration,
     retry_at: Option<Instant>,
@@ -218,7 +217,8 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
                 if state.trouble.take().is_some() {
                     log!("sqs_ingest worker {}: source \"{name}\" ingesting again", me.index);
                 }
-                state.backlog = backlog;
+                let rounds = state.backlog.map_or(0, |b| b.rounds + 1);
+                state.backlog = backlog.map(|groups| Backlog { groups, rounds });
                 state.pause = Duration::ZERO;
                 state.retry_at = None;
             }

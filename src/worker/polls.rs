@@ -14,6 +14,20 @@ use std::task::Poll as Ready;
 /// (docs/performance.md).
 const BACKLOG_WAIT: i32 = 1;
 
+/// A FIFO backlog's receives look for groups beyond those the last round found one round in
+/// this many. Each group is held by the messages in flight, so a receive beyond them finds a new
+/// group or nothing; sent every round, it was a fourth of a 3-group queue's requests for nothing.
+const FIFO_PROBE_EVERY: usize = 4;
+
+/// A source's backlog as its last rounds found it.
+#[derive(Clone, Copy, Default)]
+pub struct Backlog {
+    /// The FIFO groups the last round found (0 for a standard queue).
+    pub groups: usize,
+    /// Backlog rounds in a row before this one.
+    pub rounds: usize,
+}
+
 type Receiving = Pin<Box<dyn Future<Output = Result<Receipt, SqsError>>>>;
 
 /// One source's receive in flight, with what storing its answer needs.
@@ -24,6 +38,9 @@ pub struct Poll {
     /// Messages asked for, and whether as a backlog round.
     pub asked: usize,
     pub backlog: bool,
+    /// Whether a FIFO round's receives looked beyond the groups already found, so that an answer
+    /// with every receive full means more groups are waiting (always, for a standard queue).
+    pub looked_further: bool,
     receiving: Receiving,
 }
 
@@ -33,19 +50,22 @@ pub struct Polls(Vec<Poll>);
 impl Polls {
     /// Sends `source`'s next receive. An idle source costs one long poll per its worker_wait. A
     /// backlog (the last round brought all it asked for) gets requests_in_flight polls at once;
-    /// from a FIFO queue, one more than the groups the last round found: each group is held by
-    /// the messages in flight, so the others would only wait.
-    pub fn start(&mut self, source: Source, sink: Sink, settings: FetchSettings, backlog: Option<usize>) {
+    /// from a FIFO queue, one per group the last round found (each group is held by the messages
+    /// in flight, so more would only wait), and one more every FIFO_PROBE_EVERY rounds.
+    pub fn start(&mut self, source: Source, sink: Sink, settings: FetchSettings, backlog: Option<Backlog>) {
         let fifo = settings.queue.is_fifo();
-        let (in_flight, wait_seconds) = match backlog {
-            Some(groups) if fifo => (settings.in_flight.min(groups + 1), 0),
-            Some(_) => (settings.in_flight, BACKLOG_WAIT),
-            None => (1, settings.worker_wait.max(1)),
+        let (in_flight, wait_seconds, looked_further) = match backlog {
+            Some(b) if fifo => {
+                let further = b.groups >= settings.in_flight || b.rounds % FIFO_PROBE_EVERY == 0;
+                (settings.in_flight.min(b.groups + usize::from(further)), 0, further)
+            }
+            Some(_) => (settings.in_flight, BACKLOG_WAIT, true),
+            None => (1, settings.worker_wait.max(1), true),
         };
         let asked = BATCH * in_flight;
         let queue = settings.queue.clone();
         let receiving = Box::pin(async move { queue.receive(asked, in_flight, wait_seconds).await });
-        self.0.push(Poll { source, sink, settings, asked, backlog: backlog.is_some(), receiving });
+        self.0.push(Poll { source, sink, settings, asked, backlog: backlog.is_some(), looked_further, receiving });
     }
 
     pub fn is_empty(&self) -> bool {

@@ -70,7 +70,7 @@ pub fn store(me: Me, poll: Poll, answer: Result<Receipt, SqsError>) -> Round {
         ingest::prune_ledger(settings.ledger_retention_seconds);
         let mut taken = receipt.messages.len();
         let mut groups = receipt.groups();
-        let mut more = poll.backlog && receipt.more_now(poll.asked, fifo);
+        let mut more = poll.backlog && poll.looked_further && receipt.more_now(poll.asked, fifo);
         let mut backlog = receipt.backlog(poll.asked, fifo);
         let mut stored = ingest::ingest(name, sink, settings, receipt.messages);
         // A backlog round that brought all it asked for: more of the backlog, into this
