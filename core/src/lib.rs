@@ -3,7 +3,6 @@ pub mod assignment;
 pub mod endpoint;
 pub mod envelope;
 pub mod http;
-pub mod json;
 pub mod key_file;
 pub mod masking;
 pub mod message;

@@ -1,6 +1,6 @@
 //! HTTP/1.1 POSTs to one SQS endpoint over kept-alive connections, plain or TLS (rustls, the
-//! system's CA certificates); the bytes on the wire are core::http's. All SQS needs, at a
-//! fraction of a general client's CPU per request.
+//! system's CA certificates), for the Query protocol, which aws-sdk-sqs no longer speaks; the
+//! bytes on the wire are core::http's. Also the check that a server has CA certificates at all.
 use super::error::causes;
 use super::{ClientConfig, SqsError};
 use futures_util::FutureExt;
@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::{self, pki_types::ServerName, RootCertStore};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 /// Room made in a connection's buffer before each read: an answer of ten small messages.
@@ -47,9 +48,32 @@ pub struct Endpoint {
     idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
+/// The CA certificates this server trusts, as the SDK's HTTPS client loads them too: the
+/// system's store, or SSL_CERT_FILE and SSL_CERT_DIR in the postmaster's environment.
+fn ca_certificates() -> Vec<CertificateDer<'static>> {
+    rustls_native_certs::load_native_certs().certs
+}
+
+/// How many CA certificates requests to `config`'s endpoint are checked against (0 over plain
+/// HTTP). Over TLS without a single one every request would fail the same way: an error now,
+/// before any.
+pub fn check_ca_certificates(config: &ClientConfig) -> Result<usize, SqsError> {
+    if !config.url().starts_with("https://") {
+        return Ok(0);
+    }
+    match ca_certificates().len() {
+        0 => Err(SqsError::Untrusted {
+            target: config.target(),
+            detail: "no CA certificates found on this server".to_owned(),
+            trusted: 0,
+        }),
+        trusted => Ok(trusted),
+    }
+}
+
 impl Endpoint {
-    /// The endpoint `config` names (`http` or `https`, validated as a setting). Over TLS without
-    /// a single CA certificate every request would fail the same way: an error now, before any.
+    /// The endpoint `config` names (`http` or `https`, validated as a setting); over TLS, with
+    /// at least one CA certificate (see [`check_ca_certificates`]).
     pub fn new(config: &ClientConfig) -> Result<Endpoint, SqsError> {
         let (url, target) = (config.url(), config.target());
         let unusable =
@@ -63,8 +87,7 @@ impl Endpoint {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let (tls, trusted) = if https {
             let mut roots = RootCertStore::empty();
-            let (trusted, _unparsable) =
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            let (trusted, _unparsable) = roots.add_parsable_certificates(ca_certificates());
             if trusted == 0 {
                 let detail = "no CA certificates found on this server".to_owned();
                 return Err(SqsError::Untrusted { target, detail, trusted: 0 });

@@ -1,42 +1,183 @@
-//! The SQS JSON protocol on the wire, what SQS and LocalStack 3 and later speak: JSON POSTs
-//! through the signed client; the documents themselves are core::json's. An endpoint that
-//! answers in the Query protocol's XML speaks only that (SqsError::QueryOnly).
-use super::signed::{Answer, Client};
-use super::{Queue, Received, SqsError};
-use sqs_ingest_core::received::Receive;
+//! The SQS JSON protocol, what SQS and LocalStack 3 and later speak, through aws-sdk-sqs: its
+//! endpoint resolution (FIPS, dual-stack, AWS_ENDPOINT_URL_SQS), standard retries, clock-skew
+//! correction, error codes (the legacy ones from x-amzn-query-error), credential cache, proxies
+//! and HTTPS client. An endpoint that answers in the Query protocol's XML speaks only that
+//! (SqsError::QueryOnly).
+use super::error::causes;
+use super::{ClientConfig, Queue, Received, SqsError};
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use aws_sdk_sqs::Client;
+use sqs_ingest_core::query::error_answer;
+use sqs_ingest_core::received::{attributes_json, Attribute, Receive};
 use sqs_ingest_core::redact::redact;
-use sqs_ingest_core::{json, query};
 
-const CONTENT_TYPE: (&str, &str) = ("content-type", "application/x-amz-json-1.0");
+/// The SDK's client for one endpoint, and what its errors name.
+pub struct Sdk {
+    client: Client,
+    /// The endpoint, as errors name it.
+    target: String,
+    /// CA certificates trusted, for the error that says a certificate was refused.
+    trusted: usize,
+}
 
-/// One ReceiveMessage.
-pub async fn receive(client: &Client, request: &Receive<'_>) -> Result<Vec<Received>, SqsError> {
-    let body = accepted(client, post(client, "ReceiveMessage", json::receive_request(request)).await?)?;
-    json::receive_answer(&body).map_err(|e| client.unreadable(e))
+impl Sdk {
+    pub fn new(config: &SdkConfig, target: String, trusted: usize) -> Sdk {
+        Sdk { client: Client::new(config), target, trusted }
+    }
+}
+
+/// The AWS configuration of `config`: the default chain's credentials, profile and environment
+/// (region, endpoint flags, proxies), with the server's own region, endpoint and timeouts.
+pub async fn sdk_config(config: &ClientConfig) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(config.region.clone()))
+        .app_name(AppName::new(concat!("sqs_ingest-", env!("CARGO_PKG_VERSION"))).expect("a valid app name"))
+        .timeout_config(TimeoutConfig::builder().connect_timeout(config.connect_timeout).build())
+        .retry_config(RetryConfig::standard());
+    if let Some(endpoint) = &config.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
+/// One ReceiveMessage. The SDK's retries send the same request, and so the same FIFO attempt id.
+pub async fn receive(sdk: &Sdk, request: &Receive<'_>) -> Result<Vec<Received>, SqsError> {
+    let mut call = sdk
+        .client
+        .receive_message()
+        .queue_url(request.queue_url)
+        .max_number_of_messages(request.max)
+        .wait_time_seconds(request.wait_seconds)
+        .set_visibility_timeout(request.visibility_timeout)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+    if let Some(attempt) = request.fifo_attempt {
+        call = call
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::SequenceNumber)
+            .receive_request_attempt_id(attempt);
+    }
+    if request.message_attributes {
+        call = call.message_attribute_names("All");
+    }
+    let output = call.send().await.map_err(|e| sdk.error(e))?;
+    Ok(output.messages.unwrap_or_default().into_iter().filter_map(received).collect())
+}
+
+/// A message as ingestion takes it; None without an id or receipt handle (never from SQS).
+fn received(m: aws_sdk_sqs::types::Message) -> Option<Received> {
+    let text = |name| m.attributes.as_ref().and_then(|a| a.get(&name));
+    let number = |name| text(name).and_then(|v| v.parse().ok());
+    let values: Vec<(&str, &str, String)> = (m.message_attributes.iter().flatten())
+        .filter_map(|(name, v)| {
+            let value = match (v.string_value(), v.binary_value()) {
+                (Some(s), _) => s.to_owned(),
+                (None, Some(b)) => aws_smithy_types::base64::encode(b.as_ref()),
+                (None, None) => return None,
+            };
+            Some((name.as_str(), v.data_type(), value))
+        })
+        .collect();
+    let attributes =
+        attributes_json(values.iter().map(|(name, data_type, value)| Attribute { name, data_type, value }));
+    Some(Received {
+        sent_millis: number(MessageSystemAttributeName::SentTimestamp),
+        receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
+            .and_then(|c: i64| i32::try_from(c).ok()),
+        group_id: text(MessageSystemAttributeName::MessageGroupId).cloned(),
+        sequence_number: text(MessageSystemAttributeName::SequenceNumber).cloned(),
+        attributes,
+        message_id: m.message_id?,
+        receipt_handle: m.receipt_handle?,
+        body: m.body.unwrap_or_default(),
+    })
 }
 
 /// DeleteMessageBatch of up to 10 receipt handles; returns how many entries SQS refused.
-pub async fn delete_batch(client: &Client, queue: &Queue, handles: &[String]) -> Result<usize, SqsError> {
-    let answer = post(client, "DeleteMessageBatch", json::delete_batch_request(&queue.url, handles)).await?;
-    json::delete_batch_answer(&accepted(client, answer)?).map_err(|e| client.unreadable(e))
+pub async fn delete_batch(sdk: &Sdk, queue: &Queue, handles: &[String]) -> Result<usize, SqsError> {
+    let entries = handles
+        .iter()
+        .enumerate()
+        .map(|(i, handle)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(handle)
+                .build()
+                .expect("id and receipt handle are set")
+        })
+        .collect();
+    let output = sdk
+        .client
+        .delete_message_batch()
+        .queue_url(&queue.url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(|e| sdk.error(e))?;
+    Ok(output.failed.len())
 }
 
-async fn post(client: &Client, action: &str, body: String) -> Result<Answer, SqsError> {
-    client.post(&[CONTENT_TYPE, ("x-amz-target", &json::target(action))], body).await
-}
-
-/// The answer's body when SQS accepted the request, its error otherwise.
-fn accepted(client: &Client, answer: Answer) -> Result<String, SqsError> {
-    // The Query protocol's XML, whatever the status: the endpoint does not speak JSON at all.
-    if answer.body.trim_start().starts_with('<') {
-        let (code, message) = match query::error_answer(&answer.body) {
-            Some(e) => (e.code, redact(&e.message)),
-            None => (format!("HTTP {}", answer.status), "an XML document".to_owned()),
+impl Sdk {
+    /// What the SDK's failure means here. SQS's error code is the legacy one where SQS sends it
+    /// (x-amzn-query-error: AWS.SimpleQueueService.NonExistentQueue, KMS.AccessDeniedException).
+    fn error<E>(&self, err: SdkError<E, HttpResponse>) -> SqsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let target = self.target.clone();
+        let raw = match &err {
+            SdkError::ServiceError(e) => Some(e.raw()),
+            SdkError::ResponseError(e) => Some(e.raw()),
+            _ => None,
         };
-        return Err(SqsError::QueryOnly { target: client.target.clone(), code, message });
+        // The Query protocol's error document answering a request it did not understand: the
+        // endpoint speaks only that. Not any XML or HTML: a proxy's error page is a passing fault,
+        // which the SDK has retried as such.
+        if let Some(raw) = raw.filter(|r| r.status().as_u16() < 500) {
+            if let Some(e) = raw.body().bytes().and_then(|b| std::str::from_utf8(b).ok()).and_then(error_answer) {
+                return SqsError::QueryOnly { target, code: e.code, message: redact(&e.message) };
+            }
+        }
+        if let Some(credentials) = source_of::<CredentialsError>(&err) {
+            return SqsError::Credentials { detail: redact(&causes(credentials)) };
+        }
+        match &err {
+            SdkError::ServiceError(service) => SqsError::Service {
+                target,
+                code: service
+                    .err()
+                    .code()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("HTTP {}", service.raw().status().as_u16())),
+                message: redact(service.err().message().unwrap_or_default()),
+            },
+            _ => {
+                let detail = redact(&causes(&err));
+                // rustls refused the endpoint's certificate: no retry will help, and the fix is on
+                // this server, not at the endpoint.
+                if detail.contains("invalid peer certificate") {
+                    return SqsError::Untrusted { target, detail, trusted: self.trusted };
+                }
+                SqsError::Unreachable { target, detail }
+            }
+        }
     }
-    if answer.is_success() {
-        return Ok(answer.body);
+}
+
+/// The first error of type `T` in `err`'s chain of sources.
+fn source_of<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = e.source();
     }
-    Err(answer.error(&client.target, json::error_answer(&answer.body)))
+    None
 }

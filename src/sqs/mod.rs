@@ -1,6 +1,7 @@
 //! The backend's SQS client: a queue value whose requests go out in the protocol its endpoint
-//! speaks (JSON, or the older Query protocol), on one leaked current-thread
-//! runtime, driven in short slices so that Postgres interrupts are honoured while waiting.
+//! speaks (JSON through aws-sdk-sqs, or the older Query protocol for emulators that speak only
+//! that), on one leaked current-thread runtime, driven in short slices so that Postgres
+//! interrupts are honoured while waiting.
 mod attempt;
 mod error;
 mod http;
@@ -12,9 +13,6 @@ pub use error::SqsError;
 use sqs_ingest_core::received::Receive;
 pub use sqs_ingest_core::received::Received;
 
-use aws_config::default_provider::credentials::DefaultCredentialsChain;
-use aws_config::Region;
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use pgrx::PostgresGucEnum;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,12 +22,10 @@ use tokio::runtime::Runtime;
 
 /// How long a request runs between two interrupt checks.
 const SLICE: Duration = Duration::from_millis(50);
-/// Instance metadata answers in milliseconds where it exists; elsewhere, fail fast.
-const IMDS_TIMEOUT: Duration = Duration::from_millis(300);
 /// Most messages one ReceiveMessage or DeleteMessageBatch takes.
 pub const BATCH: usize = 10;
-/// Attempts of a request that fails transiently, and the pause after the first (doubled after
-/// each): the AWS SDKs' standard retry mode.
+/// Query protocol: attempts of a request that fails transiently, and the pause after the first
+/// (doubled after each). The JSON protocol's are the SDK's standard retry mode.
 const ATTEMPTS: usize = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -144,10 +140,9 @@ impl Queue {
                 };
                 let received = self
                     .request(connection, limit, |query| async move {
-                        if query {
-                            query::receive(&connection.http, &request).await
-                        } else {
-                            json::receive(&connection.http, &request).await
+                        match &connection.query {
+                            Some(signed) if query => query::receive(signed, &request).await,
+                            _ => json::receive(&connection.sdk, &request).await,
                         }
                     })
                     .await?;
@@ -181,10 +176,9 @@ impl Queue {
         let mut requests = stream::iter(handles.chunks(BATCH))
             .map(|batch| async move {
                 let sent = self.request(connection, limit, move |query| async move {
-                    if query {
-                        query::delete_batch(&connection.http, self, batch).await
-                    } else {
-                        json::delete_batch(&connection.http, self, batch).await
+                    match &connection.query {
+                        Some(signed) if query => query::delete_batch(signed, self, batch).await,
+                        _ => json::delete_batch(&connection.sdk, self, batch).await,
                     }
                 });
                 (batch.len(), sent.await)
@@ -217,10 +211,10 @@ impl Queue {
     }
 
     /// Sends one request, built by `send(query)`, in the protocol the endpoint speaks, within
-    /// `limit`, sending it again after a transient failure (at most [`ATTEMPTS`] in all, as the
-    /// AWS SDKs' standard retry mode does). Under `auto`, an endpoint that answers JSON in the
-    /// Query protocol is switched to Query for the life of the connection and the request is
-    /// sent again.
+    /// `limit`. The SDK retries a JSON request itself; a Query request is sent again here after
+    /// a transient failure (at most [`ATTEMPTS`] in all). Under `auto`, an endpoint that answers
+    /// JSON in the Query protocol is switched to Query for the life of the connection and the
+    /// request is sent again.
     async fn request<T, F, Fut>(&self, connection: &Connection, limit: Duration, send: F) -> Result<T, SqsError>
     where
         F: Fn(bool) -> Fut,
@@ -230,7 +224,8 @@ impl Queue {
             let send = &send;
             async move {
                 let mut backoff = FIRST_BACKOFF;
-                for _ in 1..ATTEMPTS {
+                let attempts = if query { ATTEMPTS } else { 1 };
+                for _ in 1..attempts {
                     match send(query).await {
                         Err(e) if e.is_transient() => tokio::time::sleep(backoff).await,
                         done => return done,
@@ -315,10 +310,11 @@ pub struct Deleted {
     pub requests: usize,
 }
 
-/// The backend's connection to one endpoint: credentials resolved once, one signed HTTP client
-/// for both protocols.
+/// The backend's connection to one endpoint: the SDK's client, and unless the protocol is
+/// `json`, a signed client of its own for the Query protocol, on the same credentials.
 struct Connection {
-    http: signed::Client,
+    sdk: json::Sdk,
+    query: Option<signed::Client>,
     config: ClientConfig,
     speaks_query: AtomicBool,
 }
@@ -332,30 +328,26 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
             return Ok(connection.clone());
         }
     }
-    // Before the credentials: a server without CA certificates is told so without needing any.
-    let endpoint = http::Endpoint::new(config)?;
-    let credentials = credentials(config).await?;
+    // A server without CA certificates is told so before any request.
+    let trusted = http::check_ca_certificates(config)?;
+    let sdk_config = json::sdk_config(config).await;
+    let query = match config.protocol {
+        Protocol::Json => None,
+        Protocol::Auto | Protocol::Query => {
+            let credentials = sdk_config.credentials_provider().ok_or_else(|| SqsError::Credentials {
+                detail: "the AWS configuration has no credentials provider".to_owned(),
+            })?;
+            Some(signed::Client::new(config, http::Endpoint::new(config)?, credentials))
+        }
+    };
     let connection = Arc::new(Connection {
-        http: signed::Client::new(config, endpoint, credentials),
+        sdk: json::Sdk::new(&sdk_config, config.target(), trusted),
+        query,
         config: config.clone(),
         speaks_query: AtomicBool::new(config.protocol == Protocol::Query),
     });
     *CONNECTION.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
     Ok(connection)
-}
-
-/// The AWS default credentials chain, resolved once now so that a missing credential is one
-/// clear error, not a failure per request.
-async fn credentials(config: &ClientConfig) -> Result<SharedCredentialsProvider, SqsError> {
-    let imds = aws_config::imds::Client::builder()
-        .connect_timeout(IMDS_TIMEOUT)
-        .read_timeout(IMDS_TIMEOUT)
-        .max_attempts(1)
-        .build();
-    let chain =
-        DefaultCredentialsChain::builder().region(Region::new(config.region.clone())).imds_client(imds).build().await;
-    chain.provide_credentials().await.map_err(|e| SqsError::Credentials { detail: error::causes(&e) })?;
-    Ok(SharedCredentialsProvider::new(chain))
 }
 
 /// Leaked on purpose: a runtime in a TLS slot would be dropped by a FATAL exit and panic.
