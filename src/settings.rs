@@ -5,7 +5,7 @@ use crate::sqs::{ClientConfig, Protocol, Queue};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
-use sqs_ingest_core::endpoint::endpoint_for_queue;
+use sqs_ingest_core::endpoint::{endpoint_for_queue, region_of_queue};
 use sqs_ingest_core::masking::Masker;
 use sqs_ingest_core::vault::{Sealer, VaultError};
 use std::cell::RefCell;
@@ -366,7 +366,11 @@ pub fn fetch_settings(overrides: &Overrides) -> Result<FetchSettings, SettingsEr
         e if e.is_empty() => endpoint_for_queue(&queue_url).map(str::to_owned),
         e => Some(http_url("endpoint_url", e)?),
     };
-    let region = text(&REGION);
+    // A queue is in the region its URL names; sqs_ingest.region is for URLs that name none.
+    let region = match region_of_queue(&queue_url) {
+        Some(region) => region.to_owned(),
+        None => text(&REGION),
+    };
     if region.is_empty() {
         return Err(SettingsError::Empty("region"));
     }

@@ -2,13 +2,46 @@
 //! hangs (accepts connections, never answers), one that is down (closes every connection at
 //! once), DeleteMessageBatch answered with HTTP 500 or with every entry failed, and
 //! ReceiveMessage answers lost on the way back (the emulator received, the client never hears),
-//! in the JSON and the Query protocol alike. It keeps the ReceiveMessage requests it saw, for
-//! tests of what is sent. Everything else is relayed unchanged to the emulator behind it. One
-//! request per connection (moto closes each too).
+//! in the JSON and the Query protocol alike. It also plays answers of real SQS that no emulator
+//! gives (tests/aws_behaviours.rs): canned answers for the next requests (a 503 with a JSON body,
+//! throttling, a legacy code in `x-amzn-query-error`, a proxy's HTML 502; SQS's error documents
+//! as https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/CommonErrors.html
+//! lists them), and a clock ahead of the client's that refuses requests signed more than 15
+//! minutes off, as SigV4 does ("Signature expired", https://docs.aws.amazon.com/IAM/latest/UserGuide/signing-elements.html),
+//! with its time in every answer's Date. It keeps the ReceiveMessage requests and every
+//! request's head it saw, for tests of what is sent. Everything else is relayed unchanged to the
+//! emulator behind it. One request per connection (moto closes each too).
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How far SigV4 lets a request's time be from the service's.
+const SIGNATURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// An answer given instead of relaying.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    /// Status line's code and reason, e.g. "503 Service Unavailable".
+    pub status: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Canned {
+    /// An error in the JSON protocol, as SQS sends it: `__type`, message, and the legacy code in
+    /// x-amzn-query-error when `legacy` names one.
+    pub fn json_error(status: &'static str, kind: &str, legacy: Option<&str>) -> Canned {
+        let mut headers = vec![("Content-Type", "application/x-amz-json-1.0".to_owned())];
+        if let Some(legacy) = legacy {
+            headers.push(("x-amzn-query-error", format!("{legacy};Sender")));
+        }
+        let body = format!(r#"{{"__type":"com.amazonaws.sqs#{kind}","message":"played by the fault endpoint"}}"#);
+        Canned { status, headers, body }
+    }
+}
 
 /// What happens to a new connection.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
@@ -44,6 +77,10 @@ struct State {
     lose_receives: AtomicBool,
     receives: Mutex<Vec<String>>,
     held: Mutex<Vec<TcpStream>>,
+    canned: Mutex<VecDeque<Canned>>,
+    /// Seconds this endpoint's clock is ahead of the machine's; 0: no signature check.
+    ahead: AtomicI64,
+    heads: Mutex<Vec<String>>,
 }
 
 pub struct FaultEndpoint {
@@ -100,6 +137,27 @@ impl FaultEndpoint {
         self.state.receives.lock().unwrap().clone()
     }
 
+    /// Answers the next requests with `answers`, in order, instead of relaying them.
+    pub fn answer_next(&self, answers: impl IntoIterator<Item = Canned>) {
+        self.state.canned.lock().unwrap().extend(answers);
+    }
+
+    /// How many canned answers are still to be given.
+    pub fn canned_left(&self) -> usize {
+        self.state.canned.lock().unwrap().len()
+    }
+
+    /// Runs this endpoint's clock `seconds` ahead: requests signed more than 15 minutes from it
+    /// are refused as SigV4 refuses them, and every answer's Date is its time.
+    pub fn clock_ahead(&self, seconds: i64) {
+        self.state.ahead.store(seconds, Ordering::SeqCst);
+    }
+
+    /// The heads (request line and headers) of every request so far, in order.
+    pub fn request_heads(&self) -> Vec<String> {
+        self.state.heads.lock().unwrap().clone()
+    }
+
     /// How many connections were accepted so far.
     pub fn accepted(&self) -> usize {
         self.state.accepted.load(Ordering::SeqCst)
@@ -144,6 +202,26 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
+    state.heads.lock().unwrap().push(head.clone());
+    let mut client = client;
+    let ahead = state.ahead.load(Ordering::SeqCst);
+    let now = SystemTime::now() + Duration::from_secs(ahead.max(0) as u64);
+    if ahead != 0 {
+        let signed = header(&head, "x-amz-date").and_then(amz_date).unwrap_or(UNIX_EPOCH);
+        let off = now.duration_since(signed).unwrap_or_else(|e| e.duration());
+        if off > SIGNATURE_WINDOW {
+            let answer = Canned::json_error("400 Bad Request", "InvalidSignatureException", None);
+            let body = answer.body.replace(
+                "played by the fault endpoint",
+                "Signature expired: the request's time is more than 15 min from the service's",
+            );
+            return write_answer(&mut client, &Canned { body, ..answer }, now);
+        }
+    }
+    let canned = state.canned.lock().unwrap().pop_front();
+    if let Some(canned) = canned {
+        return write_answer(&mut client, &canned, now);
+    }
     let body_text = String::from_utf8_lossy(&body);
     let receive = head.contains("AmazonSQS.ReceiveMessage") || body_text.contains("Action=ReceiveMessage");
     if receive {
@@ -152,7 +230,6 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
     let json = head.contains("AmazonSQS.DeleteMessageBatch");
     let query = body_text.contains("Action=DeleteMessageBatch");
     let deletes = state.deletes.load(Ordering::SeqCst);
-    let mut client = client;
     if deletes != Deletes::Relayed as u8 && (json || query) {
         state.refused.fetch_add(1, Ordering::SeqCst);
         // Our entries' ids are "0", "1", ...: one per Id in the request.
@@ -210,13 +287,116 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
         );
     }
     let mut server = TcpStream::connect(("127.0.0.1", upstream))?;
-    server.write_all(head.as_bytes())?;
+    // One request per connection upstream too, whatever the client asked (LocalStack keeps
+    // connections open): the answer ends where the upstream closes.
+    let forwarded: String = head
+        .split("\r\n")
+        .filter(|line| !line.is_empty() && !line.to_ascii_lowercase().starts_with("connection:"))
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    server.write_all(format!("{forwarded}Connection: close\r\n\r\n").as_bytes())?;
     server.write_all(&body)?;
     if receive && state.lose_receives.load(Ordering::SeqCst) {
         // The emulator has taken the messages; its answer goes nowhere.
         std::io::copy(&mut server, &mut std::io::sink())?;
         return client.shutdown(std::net::Shutdown::Both);
     }
-    std::io::copy(&mut server, &mut client)?;
-    Ok(())
+    if ahead == 0 {
+        std::io::copy(&mut server, &mut client)?;
+        return Ok(());
+    }
+    // The answer with this endpoint's time as its Date.
+    let mut answer = Vec::new();
+    server.read_to_end(&mut answer)?;
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 2);
+    let head: String = String::from_utf8_lossy(&answer[..split])
+        .split("\r\n")
+        .filter(|line| !line.is_empty() && !line.to_ascii_lowercase().starts_with("date:"))
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    client.write_all(format!("{head}Date: {}\r\n", http_date(now)).as_bytes())?;
+    client.write_all(&answer[split..])
+}
+
+fn write_answer(client: &mut TcpStream, answer: &Canned, now: SystemTime) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {}\r\nDate: {}\r\n", answer.status, http_date(now));
+    for (name, value) in &answer.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", answer.body.len()));
+    client.write_all(head.as_bytes())?;
+    client.write_all(answer.body.as_bytes())
+}
+
+/// A header's value in a request head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().filter_map(|l| l.split_once(':')).find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468
+}
+
+/// SigV4's X-Amz-Date, 20261204T101500Z.
+fn amz_date(text: &str) -> Option<SystemTime> {
+    let n = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let days = days_from_civil(n(0..4)?, n(4..6)?, n(6..8)?);
+    let seconds = days * 86400 + n(9..11)? * 3600 + n(11..13)? * 60 + n(13..15)?;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
+}
+
+/// An HTTP Date: Fri, 04 Dec 2026 10:15:00 GMT.
+fn http_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (the inverse of days_from_civil).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][m as usize - 1];
+    format!("{weekday}, {d:02} {month} {y} {:02}:{:02}:{:02} GMT", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// A CONNECT proxy that lets nothing through: it keeps the request line of every connection it
+/// is asked for (`CONNECT host:443 HTTP/1.1`) and answers 502, as a proxy that cannot reach the
+/// host does. For tests of which host a client asks for, on a machine with no way out.
+pub struct Proxy {
+    pub port: u16,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    pub fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let shared = asked.clone();
+        std::thread::spawn(move || {
+            for mut client in listener.incoming().flatten() {
+                let mut line = String::new();
+                if BufReader::new(client.try_clone().unwrap()).read_line(&mut line).is_ok() {
+                    shared.lock().unwrap().push(line.trim_end().to_owned());
+                }
+                let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Proxy { port, asked }
+    }
+
+    /// The request lines asked so far.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
 }

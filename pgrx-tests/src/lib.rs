@@ -70,7 +70,7 @@ pub fn ingest(db: &mut postgres::Client, call: &str, messages: i64) -> i32 {
     let ledger = "SELECT count(*) FROM sqs_ingest.processed_messages WHERE ingested_at >= $1";
     let mut rows = 0;
     wait_until(&format!("{messages} messages in the ledger"), WAIT, || {
-        rows += db.query_one(call, &[]).unwrap_or_else(|e| panic!("{call}: {e}")).get::<_, i32>(0);
+        rows += db.query_one(call, &[]).unwrap_or_else(|e| panic!("{call}: {:?}", e.as_db_error())).get::<_, i32>(0);
         db.query_one(ledger, &[&since]).unwrap().get::<_, i64>(0) >= messages
     });
     rows

@@ -95,7 +95,8 @@ fn query_errors_carry_the_code_and_message() {
     point_at_in(&mut db, &missing, "query");
     let err = db.query_one("SELECT fetch_login_queue(10)", &[]).unwrap_err();
     let e = err.as_db_error().unwrap();
-    assert_eq!(e.code(), &SqlState::EXTERNAL_ROUTINE_EXCEPTION);
+    assert_eq!(e.code(), &SqlState::UNDEFINED_OBJECT);
+    assert!(e.hint().unwrap().contains("region"), "{:?}", e.hint());
     assert!(
         e.message().ends_with("answered AWS.SimpleQueueService.NonExistentQueue: The specified queue does not exist for this wsdl version."),
         "{}",

@@ -38,23 +38,70 @@ impl fmt::Display for SqsError {
     }
 }
 
-/// Error codes SQS answers for a fault of its own or throttling: worth sending again.
-const TRANSIENT_CODES: [&str; 7] = [
-    "InternalError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "ThrottlingException",
-    "RequestThrottled",
-    "AWS.SimpleQueueService.RequestThrottled",
-    "KmsThrottled",
-];
+/// The kinds of error SQS answers, each with its SQLSTATE and HINT. Codes as SQS sends them in
+/// either protocol: the legacy one (x-amzn-query-error, the Query protocol's) or the JSON one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// Throttling, whatever the service calls it (the SDK's standard retry list).
+    Throttled,
+    /// A fault on AWS's side (HTTP 5xx).
+    ServerFault,
+    /// A signature refused for its time: the server's clock is off.
+    ClockSkew,
+    /// Credentials SQS does not accept: expired, unknown or revoked.
+    CredentialsRefused,
+    /// The credentials may not do this to this queue.
+    AccessDenied,
+    /// The queue's KMS key refused (kms:Decrypt, a disabled key) or throttled.
+    Kms,
+    /// No such queue where it was asked for (its URL, or its region).
+    NoQueue,
+    Other,
+}
+
+impl ServiceKind {
+    pub fn of(code: &str) -> ServiceKind {
+        let code = code.strip_prefix("AWS.SimpleQueueService.").unwrap_or(code);
+        match code {
+            c if c.starts_with("KMS.") || c.starts_with("Kms") => ServiceKind::Kms,
+            c if c.contains("Throttl")
+                || ["TooManyRequestsException", "RequestLimitExceeded", "SlowDown", "LimitExceededException"]
+                    .contains(&c) =>
+            {
+                ServiceKind::Throttled
+            }
+            c if c.starts_with("HTTP 5")
+                || ["InternalError", "InternalFailure", "ServiceUnavailable", "ServiceUnavailableException"]
+                    .contains(&c) =>
+            {
+                ServiceKind::ServerFault
+            }
+            "RequestTimeTooSkewed" | "RequestExpired" | "InvalidSignatureException" | "SignatureDoesNotMatch" => {
+                ServiceKind::ClockSkew
+            }
+            "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId"
+            | "UnrecognizedClientException"
+            | "InvalidAccessKeyId"
+            | "InvalidSecurity"
+            | "MissingAuthenticationToken" => ServiceKind::CredentialsRefused,
+            "AccessDenied" | "AccessDeniedException" => ServiceKind::AccessDenied,
+            "NonExistentQueue" | "QueueDoesNotExist" => ServiceKind::NoQueue,
+            _ => ServiceKind::Other,
+        }
+    }
+}
 
 impl SqsError {
-    /// A failure the same request may not meet again: no answer, a server fault, throttling.
+    /// Query protocol: a failure the same request may not meet again (no answer, a server
+    /// fault, throttling). The JSON protocol's are the SDK's to retry.
     pub fn is_transient(&self) -> bool {
         match self {
             SqsError::Unreachable { .. } => true,
-            SqsError::Service { code, .. } => code.starts_with("HTTP 5") || TRANSIENT_CODES.contains(&code.as_str()),
+            SqsError::Service { code, .. } => {
+                matches!(ServiceKind::of(code), ServiceKind::Throttled | ServiceKind::ServerFault)
+            }
             SqsError::Credentials { .. } | SqsError::Untrusted { .. } | SqsError::QueryOnly { .. } => false,
         }
     }
@@ -90,10 +137,40 @@ impl From<SqsError> for ErrorReport {
                 PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                 "Check that the endpoint is up and sqs_ingest.queue_url / sqs_ingest.endpoint_url point at it. Nothing was received, so nothing is lost.",
             ),
-            SqsError::Service { .. } => (
-                PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-                "Check that the queue in sqs_ingest.queue_url exists and that the credentials may receive and delete from it.",
-            ),
+            SqsError::Service { ref code, .. } => match ServiceKind::of(code) {
+                ServiceKind::Throttled => (
+                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    "SQS throttled the requests after the SDK's retries: lower sqs_ingest.requests_in_flight or the workers, or ask AWS for a higher quota. Nothing was received, so nothing is lost.",
+                ),
+                ServiceKind::ServerFault => (
+                    PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+                    "A fault on AWS's side, after the SDK's retries: the worker tries again with backoff; see the AWS Health Dashboard if it lasts. Nothing was received, so nothing is lost.",
+                ),
+                ServiceKind::ClockSkew => (
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "SQS refuses signatures more than 15 minutes from its clock, and the correction from its Date did not help: sync this server's clock (chrony or systemd-timesyncd) and check the secret key.",
+                ),
+                ServiceKind::CredentialsRefused => (
+                    PgSqlErrorCode::ERRCODE_INVALID_PASSWORD,
+                    "SQS refused the credentials (expired, unknown or revoked): renew them where the server's chain finds them (environment, ~/.aws of the postgres OS user, the instance or container role).",
+                ),
+                ServiceKind::AccessDenied => (
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    "The credentials may not use this queue: allow sqs:ReceiveMessage and sqs:DeleteMessage on it in the IAM policy (and the queue policy, for another account's queue).",
+                ),
+                ServiceKind::Kms => (
+                    PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
+                    "The queue is encrypted with a KMS key these credentials cannot use: allow kms:Decrypt on the key (its key policy too), and check that the key is enabled.",
+                ),
+                ServiceKind::NoQueue => (
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    "Check the queue URL: a queue is found only in its own account and region. The region comes from the URL (sqs.<region>.amazonaws.com), else from sqs_ingest.region.",
+                ),
+                ServiceKind::Other => (
+                    PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+                    "Check that the queue in sqs_ingest.queue_url exists and that the credentials may receive and delete from it.",
+                ),
+            },
             SqsError::QueryOnly { .. } => (
                 PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
                 "Let the extension detect the protocol, or name it: ALTER SYSTEM SET sqs_ingest.protocol = 'auto'; (or 'query') SELECT pg_reload_conf();",

@@ -118,15 +118,16 @@ impl Queue {
     }
 
     /// ReceiveMessage requests for `max` messages in all, ten per request and at most
-    /// `in_flight` of them at once: what they bring together. One failure fails them all; what
-    /// the others received then comes back after its visibility timeout, or, from a FIFO queue,
-    /// with the next receive, which sends their attempt ids again (attempt.rs).
+    /// `in_flight` of them at once: what they bring together. A request that fails (after the
+    /// SDK's retries) costs only its own answer: what the others brought is kept, and from a
+    /// FIFO queue the next receive sends the failed one's attempt id again (attempt.rs), so its
+    /// group is not held for a visibility timeout. Only when every request fails is it an error.
     async fn receive_many(&self, max: usize, in_flight: usize, wait_seconds: i32) -> Result<Receipt, SqsError> {
         let connection = connection(&self.config).await?;
         let requests = max.div_ceil(BATCH).clamp(1, in_flight.max(1));
         let sizes = (0..requests).map(|i| (max - i * BATCH).min(BATCH) as i32);
         let limit = self.config.request_timeout + Duration::from_secs(wait_seconds as u64);
-        let batches = futures_util::future::try_join_all(sizes.map(|n| {
+        let answers = futures_util::future::join_all(sizes.map(|n| {
             let connection = &connection;
             let attempt = self.is_fifo().then(|| attempt::Attempt::next(&self.url));
             async move {
@@ -152,7 +153,18 @@ impl Queue {
                 Ok::<_, SqsError>(received)
             }
         }))
-        .await?;
+        .await;
+        let mut batches = Vec::with_capacity(answers.len());
+        let mut failure = None;
+        for answer in answers {
+            match answer {
+                Ok(batch) => batches.push(batch),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let (true, Some(e)) = (batches.is_empty(), failure) {
+            return Err(e);
+        }
         // A group's messages come in order within one answer, and never in two answers at once
         // (SQS holds a group while any of its messages is in flight): concatenated, each group
         // stays in SequenceNumber order.
