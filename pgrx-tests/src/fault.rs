@@ -8,8 +8,9 @@
 //! as https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/CommonErrors.html
 //! lists them), and a clock ahead of the client's that refuses requests signed more than 15
 //! minutes off, as SigV4 does ("Signature expired", https://docs.aws.amazon.com/IAM/latest/UserGuide/signing-elements.html),
-//! with its time in every answer's Date. It keeps the ReceiveMessage requests and every
-//! request's head it saw, for tests of what is sent. Everything else is relayed unchanged to the
+//! with its time in every answer's Date; and a container-credentials endpoint that counts its
+//! fetches. It keeps the ReceiveMessage requests and every request it saw, for tests of what is
+//! sent. Everything else is relayed unchanged to the
 //! emulator behind it. One request per connection (moto closes each too).
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -80,7 +81,7 @@ struct State {
     canned: Mutex<VecDeque<Canned>>,
     /// Seconds this endpoint's clock is ahead of the machine's; 0: no signature check.
     ahead: AtomicI64,
-    heads: Mutex<Vec<String>>,
+    requests: Mutex<Vec<(String, String)>>,
 }
 
 pub struct FaultEndpoint {
@@ -153,9 +154,9 @@ impl FaultEndpoint {
         self.state.ahead.store(seconds, Ordering::SeqCst);
     }
 
-    /// The heads (request line and headers) of every request so far, in order.
-    pub fn request_heads(&self) -> Vec<String> {
-        self.state.heads.lock().unwrap().clone()
+    /// Every request so far, in order: its head (request line and headers) and its body.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.state.requests.lock().unwrap().clone()
     }
 
     /// How many connections were accepted so far.
@@ -202,7 +203,7 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
-    state.heads.lock().unwrap().push(head.clone());
+    state.requests.lock().unwrap().push((head.clone(), String::from_utf8_lossy(&body).into_owned()));
     let mut client = client;
     let ahead = state.ahead.load(Ordering::SeqCst);
     let now = SystemTime::now() + Duration::from_secs(ahead.max(0) as u64);
@@ -318,14 +319,27 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
     client.write_all(&answer[split..])
 }
 
+/// Writes `answer`: framed by Content-Length, or, when its headers say
+/// `Transfer-Encoding: chunked`, in chunks of 8 KiB, each written on its own.
 fn write_answer(client: &mut TcpStream, answer: &Canned, now: SystemTime) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {}\r\nDate: {}\r\n", answer.status, http_date(now));
     for (name, value) in &answer.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", answer.body.len()));
-    client.write_all(head.as_bytes())?;
-    client.write_all(answer.body.as_bytes())
+    let chunked = answer.headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v == "chunked");
+    if !chunked {
+        head.push_str(&format!("Content-Length: {}\r\n", answer.body.len()));
+    }
+    client.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())?;
+    if !chunked {
+        return client.write_all(answer.body.as_bytes());
+    }
+    for chunk in answer.body.as_bytes().chunks(8192) {
+        client.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+        client.write_all(chunk)?;
+        client.write_all(b"\r\n")?;
+    }
+    client.write_all(b"0\r\n\r\n")
 }
 
 /// A header's value in a request head.
@@ -350,11 +364,11 @@ fn amz_date(text: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
 }
 
-/// An HTTP Date: Fri, 04 Dec 2026 10:15:00 GMT.
-fn http_date(t: SystemTime) -> String {
+/// A time as (year, month, day, hour, minute, second, days since the epoch).
+fn civil(t: SystemTime) -> (i64, i64, i64, i64, i64, i64, i64) {
     let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let (days, rest) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil from days (the inverse of days_from_civil).
+    // The inverse of days_from_civil.
     let z = days + 719468;
     let era = z.div_euclid(146097);
     let doe = z - era * 146097;
@@ -364,9 +378,68 @@ fn http_date(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rest / 3600, rest % 3600 / 60, rest % 60, days)
+}
+
+/// An HTTP Date: Fri, 04 Dec 2026 10:15:00 GMT.
+fn http_date(t: SystemTime) -> String {
+    let (y, m, d, hh, mm, ss, days) = civil(t);
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
     let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][m as usize - 1];
-    format!("{weekday}, {d:02} {month} {y} {:02}:{:02}:{:02} GMT", rest / 3600, rest % 3600 / 60, rest % 60)
+    format!("{weekday}, {d:02} {month} {y} {hh:02}:{mm:02}:{ss:02} GMT")
+}
+
+/// An RFC 3339 time, as credential endpoints give an Expiration: 2026-12-04T10:15:00Z.
+pub fn rfc3339(t: SystemTime) -> String {
+    let (y, m, d, hh, mm, ss, _) = civil(t);
+    format!("{y}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+}
+
+/// A container-credentials endpoint (what ECS and EKS Pod Identity serve at
+/// AWS_CONTAINER_CREDENTIALS_FULL_URI, https://docs.aws.amazon.com/sdkref/latest/guide/feature-container-credentials.html)
+/// that counts its fetches. Each answer's credentials expire `lifetime` later, and their key id
+/// is AKIDCONTAINER and the fetch's number.
+pub struct CredentialsEndpoint {
+    pub port: u16,
+    /// When each fetch came, from the endpoint's start.
+    fetches: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl CredentialsEndpoint {
+    pub fn start(lifetime: Duration) -> CredentialsEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let fetches = Arc::new(Mutex::new(Vec::new()));
+        let counted = fetches.clone();
+        let started = std::time::Instant::now();
+        std::thread::spawn(move || {
+            for mut client in listener.incoming().flatten() {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let n = {
+                    let mut fetches = counted.lock().unwrap();
+                    fetches.push(started.elapsed());
+                    fetches.len()
+                };
+                let body = format!(
+                    r#"{{"AccessKeyId":"AKIDCONTAINER{n}","SecretAccessKey":"secret","Token":"token{n}","Expiration":"{}"}}"#,
+                    rfc3339(SystemTime::now() + lifetime)
+                );
+                let canned =
+                    Canned { status: "200 OK", headers: vec![("Content-Type", "application/json".to_owned())], body };
+                let _ = write_answer(&mut client, &canned, SystemTime::now());
+            }
+        });
+        CredentialsEndpoint { port, fetches }
+    }
+
+    /// When each fetch so far came, from the endpoint's start.
+    pub fn fetches(&self) -> Vec<Duration> {
+        self.fetches.lock().unwrap().clone()
+    }
 }
 
 /// A CONNECT proxy that lets nothing through: it keeps the request line of every connection it

@@ -5,10 +5,12 @@
 use postgres::error::SqlState;
 use postgres::Client;
 use sqs_ingest_it::emulator::AWS_ENV;
-use sqs_ingest_it::fault::{Canned, FaultEndpoint, Proxy};
+use sqs_ingest_it::fault::{Canned, CredentialsEndpoint, FaultEndpoint, Proxy};
 use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::{fetch_all, shared_cluster, wait_until, Cluster, Emulator, Queue, WAIT};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// A queue `name` on moto holding `messages` logins, a fault endpoint in front of it, and a
 /// session of the shared cluster reading the queue through it in the JSON protocol (so that
@@ -75,16 +77,47 @@ fn legacy_codes_come_from_x_amzn_query_error() {
     assert_eq!(e.code(), &SqlState::UNDEFINED_OBJECT, "{e:?}");
     assert!(e.message().contains("answered AWS.SimpleQueueService.NonExistentQueue: "), "{}", e.message());
     assert!(e.hint().unwrap().contains("region"), "{:?}", e.hint());
+}
 
-    fault.answer_next([Canned::json_error("400 Bad Request", "KmsAccessDenied", Some("KMS.AccessDeniedException"))]);
-    let e = fetch_error(&mut db);
-    assert_eq!(e.code(), &SqlState::EXTERNAL_ROUTINE_INVOCATION_EXCEPTION, "{e:?}");
-    assert!(e.message().contains("answered KMS.AccessDeniedException"), "{}", e.message());
-    assert!(e.hint().unwrap().contains("kms:Decrypt"), "{:?}", e.hint());
-
-    fault.answer_next([Canned::json_error("403 Forbidden", "ExpiredToken", None)]);
-    let e = fetch_error(&mut db);
-    assert_eq!(e.code(), &SqlState::INVALID_PASSWORD, "{e:?}");
+#[test]
+fn each_kind_of_failure_has_its_sqlstate_and_hint() {
+    let (_queue, fault, mut db) = played("aws_kinds", 0, 0);
+    let kms = Canned::json_error("400 Bad Request", "KmsAccessDenied", Some("KMS.AccessDeniedException"));
+    let unavailable = Canned::json_error("503 Service Unavailable", "ServiceUnavailable", None);
+    let signature = Canned::json_error("400 Bad Request", "InvalidSignatureException", None);
+    // (answers to play, SQLSTATE, what the message names, what the HINT says)
+    let kinds: [(Vec<Canned>, SqlState, &str, &str); 5] = [
+        (
+            vec![kms],
+            SqlState::EXTERNAL_ROUTINE_INVOCATION_EXCEPTION,
+            "answered KMS.AccessDeniedException",
+            "kms:Decrypt",
+        ),
+        (
+            vec![Canned::json_error("403 Forbidden", "ExpiredToken", None)],
+            SqlState::INVALID_PASSWORD,
+            "answered ExpiredToken",
+            "renew them",
+        ),
+        (
+            vec![Canned::json_error("400 Bad Request", "AccessDenied", None)],
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            "answered AccessDenied",
+            "sqs:ReceiveMessage",
+        ),
+        // Every attempt the SDK makes meets it.
+        (vec![unavailable; 3], SqlState::SYSTEM_ERROR, "answered ServiceUnavailable", "AWS's side"),
+        // With the answers' Date on time, no skew to correct: not retried.
+        (vec![signature], SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "answered InvalidSignatureException", "chrony"),
+    ];
+    for (answers, code, message, hint) in kinds {
+        fault.answer_next(answers);
+        let e = fetch_error(&mut db);
+        assert_eq!(e.code(), &code, "{e:?}");
+        assert!(e.message().contains(message), "{}", e.message());
+        assert!(e.hint().unwrap().contains(hint), "{:?}", e.hint());
+        assert_eq!(fault.canned_left(), 0, "{message}");
+    }
 }
 
 #[test]
@@ -197,7 +230,7 @@ fn a_credential_process_profile_signs_the_requests() {
     let mut db = cluster.database("aws_process");
     db.batch_execute(&format!("SET sqs_ingest.queue_url = '{}'", fault.url_for(&queue.url))).unwrap();
     assert_eq!(fetch_all(&mut db, 10, 2), 2);
-    let heads = fault.request_heads();
+    let heads: Vec<String> = fault.requests().into_iter().map(|(head, _)| head).collect();
     assert!(heads.iter().all(|h| h.contains("Credential=AKIDFROMPROCESS/")), "{heads:?}");
     wait_until("the queue to be empty", WAIT, || queue.counts() == (0, 0));
     cluster.stop();
@@ -221,4 +254,149 @@ fn a_fifo_receive_that_fails_costs_only_its_own_answer() {
     assert_eq!(fetch_all(&mut db, 40, 30), 30);
     assert_eq!(fault.canned_left(), 0);
     wait_until("the queue to be empty", WAIT, || queue.counts() == (0, 0));
+}
+
+#[test]
+fn expiring_credentials_are_fetched_once_per_refresh_not_per_request() {
+    let emulator = Emulator::shared();
+    let queue = emulator.queue("aws_container");
+    let fault = FaultEndpoint::start(emulator.port);
+    // Credentials good for 20 s: the SDK's cache refreshes them 5 to 10 s before they expire.
+    let credentials = CredentialsEndpoint::start(Duration::from_secs(20));
+    let uri = format!("http://127.0.0.1:{}/credentials", credentials.port);
+    let env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    // No worker: its own cache would fetch for itself (one cache per process).
+    let cluster = Cluster::start("aws_container", &["sqs_ingest.worker_enabled = off".to_owned()], &env);
+    let mut db = cluster.database("aws_container");
+    let url = fault.url_for(&queue.url);
+    db.batch_execute(&format!(
+        "SET sqs_ingest.queue_url = '{url}'; SET sqs_ingest.fetch_wait = 0; SET sqs_ingest.requests_in_flight = 8"
+    ))
+    .unwrap();
+    // Rounds of 8 receives in flight at once, for 25 s: the credentials expire mid-run.
+    let (started, mut rounds) = (Instant::now(), 0);
+    while started.elapsed() < Duration::from_secs(25) {
+        let _: i32 = db.query_one("SELECT fetch_login_queue(80)", &[]).unwrap().get(0);
+        rounds += 1;
+    }
+    let times = credentials.fetches();
+    let fetches = times.len();
+    let keys: BTreeSet<String> = fault
+        .requests()
+        .iter()
+        .filter_map(|(head, _)| head.split("Credential=").nth(1).and_then(|c| c.split('/').next()).map(str::to_owned))
+        .collect();
+    eprintln!("{rounds} rounds of 8 receives in 25 s: credentials fetched at {times:?}, requests signed with {keys:?}");
+    // Refreshed before they expired, and signing went on with the new ones...
+    assert!(fetches >= 2 && keys.len() >= 2, "{fetches} fetches, {keys:?}");
+    // ...one fetch per refresh for all the requests in flight: a refresh is due 10 s after a
+    // fetch at the soonest.
+    assert!(fetches <= 1 + 25 / 10, "{fetches} fetches in {rounds} rounds");
+    cluster.stop();
+}
+
+#[test]
+fn a_chunked_10_mib_answer_is_read() {
+    let (_queue, fault, mut db) = played("aws_chunked", 0, 0);
+    let body = "x".repeat(1 << 20);
+    let messages: Vec<serde_json::Value> = (0..10)
+        .map(|i| {
+            serde_json::json!({
+                "MessageId": format!("chunked-{i}"),
+                "ReceiptHandle": format!("handle-{i}"),
+                "Body": body,
+                "Attributes": {"SentTimestamp": "1764842100000", "ApproximateReceiveCount": "1"},
+            })
+        })
+        .collect();
+    let answer = serde_json::json!({ "Messages": messages }).to_string();
+    assert!(answer.len() > 10 << 20);
+    let headers =
+        vec![("Content-Type", "application/x-amz-json-1.0".to_owned()), ("Transfer-Encoding", "chunked".to_owned())];
+    fault.answer_next([Canned { status: "200 OK", headers, body: answer }]);
+    // Ten bodies of 1 MiB, in chunks of 8 KiB: each in the ledger once (not logins: dead letters).
+    assert_eq!(fetch_all(&mut db, 10, 10), 0);
+    let stored: i64 =
+        db.query_one("SELECT count(*) FROM sqs_ingest.dead_letters WHERE length(body) = 1048576", &[]).unwrap().get(0);
+    assert_eq!(stored, 10);
+}
+
+/// A request's headers by lowercase name.
+fn headers(head: &str) -> BTreeMap<String, String> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_extension_sends_what_the_sdk_alone_sends() {
+    let (queue, fault, mut db) = played("aws_differential", 3, 507);
+    assert_eq!(fetch_all(&mut db, 10, 3), 3);
+    wait_until("the deletes", WAIT, || queue.counts() == (0, 0));
+    let ours = fault.requests();
+    let find = |requests: &[(String, String)], operation: &str| {
+        requests.iter().find(|(head, _)| head.contains(&format!("AmazonSQS.{operation}"))).cloned().unwrap()
+    };
+    let (receive, delete) = (find(&ours, "ReceiveMessage"), find(&ours, "DeleteMessageBatch"));
+
+    // The same two calls from the SDK alone, with its defaults, to the same endpoint.
+    let receive_body: serde_json::Value = serde_json::from_str(&receive.1).unwrap();
+    let delete_body: serde_json::Value = serde_json::from_str(&delete.1).unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", fault.port);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "test"))
+            .load()
+            .await;
+        let client = aws_sdk_sqs::Client::new(&config);
+        let names = receive_body["MessageSystemAttributeNames"].as_array().unwrap();
+        let mut call = client
+            .receive_message()
+            .queue_url(receive_body["QueueUrl"].as_str().unwrap())
+            .max_number_of_messages(receive_body["MaxNumberOfMessages"].as_i64().unwrap() as i32)
+            .wait_time_seconds(receive_body["WaitTimeSeconds"].as_i64().unwrap() as i32);
+        for name in names {
+            call = call.message_system_attribute_names(MessageSystemAttributeName::from(name.as_str().unwrap()));
+        }
+        call.send().await.unwrap();
+        let entries = delete_body["Entries"].as_array().unwrap().iter().map(|e| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(e["Id"].as_str().unwrap())
+                .receipt_handle(e["ReceiptHandle"].as_str().unwrap())
+                .build()
+                .unwrap()
+        });
+        let queue_url = delete_body["QueueUrl"].as_str().unwrap();
+        client.delete_message_batch().queue_url(queue_url).set_entries(Some(entries.collect())).send().await.unwrap();
+    });
+    let all = fault.requests();
+    let sdk = &all[ours.len()..];
+    // Each time, each signature and each invocation differ; the user agents differ by the
+    // extension's app name (sqs_ingest-<version>) alone.
+    let varying = ["x-amz-date", "authorization", "amz-sdk-invocation-id", "user-agent", "x-amz-user-agent"];
+    for (operation, (our_head, our_body)) in [("ReceiveMessage", receive), ("DeleteMessageBatch", delete)] {
+        let (sdk_head, sdk_body) = find(sdk, operation);
+        assert_eq!(our_head.lines().next(), sdk_head.lines().next(), "{operation}: request line");
+        let (mut ours, mut theirs) = (headers(&our_head), headers(&sdk_head));
+        assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{operation}: header names");
+        assert!(ours["user-agent"].contains("app/sqs_ingest-"), "{:?}", ours["user-agent"]);
+        for name in varying {
+            ours.remove(name);
+            theirs.remove(name);
+        }
+        assert_eq!(ours, theirs, "{operation}: headers");
+        let parse = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
+        assert_eq!(parse(&our_body), parse(&sdk_body), "{operation}: body");
+        eprintln!("{operation}: the same request line, headers and body as the SDK's alone");
+    }
 }
