@@ -185,11 +185,12 @@ fn endpoints_come_from_the_region_fips_and_dual_stack_and_go_through_the_proxy()
         assert!(!asked.is_empty() && asked.iter().all(|a| a.starts_with(expected)), "{name}: {asked:?}");
         cluster.stop();
     }
-    // NO_PROXY: the proxy is not asked (and there is no way out of this machine without it).
+    // NO_PROXY: the proxy is not asked. The request goes straight to SQS, and fails: unreachable
+    // on a machine with no way out, refused (the emulators' keys) on one with it.
     let before = proxy.asked().len();
     let (cluster, mut db) = aws_cluster("aws_no_proxy", &[("HTTPS_PROXY", &url), ("NO_PROXY", "amazonaws.com")]);
     let e = fetch_error(&mut db);
-    assert_eq!(e.code(), &SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, "{e:?}");
+    assert!(e.message().contains("SQS in eu-west-1"), "{e:?}");
     assert_eq!(proxy.asked().len(), before, "{:?}", proxy.asked());
     cluster.stop();
     let _ = std::fs::remove_file(config);
