@@ -1,7 +1,6 @@
-//! Signed POSTs to an SQS endpoint, for both wire protocols: SigV4 by the SDK's own signer,
-//! sent over our HTTP/1.1 connections (http.rs), credentials kept until shortly before they
-//! expire. No SDK client, nor its HTTP connector: their per-request machinery cost more CPU than
-//! the ingestion itself.
+//! Signed POSTs to an SQS endpoint in the Query protocol, which aws-sdk-sqs no longer speaks:
+//! SigV4 by the SDK's own signer, sent over our HTTP/1.1 connections (http.rs), the SDK chain's
+//! credentials kept until shortly before they expire.
 use super::error::causes;
 use super::http::Endpoint;
 use super::{ClientConfig, SqsError};
