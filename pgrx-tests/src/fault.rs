@@ -290,12 +290,7 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
     let mut server = TcpStream::connect(("127.0.0.1", upstream))?;
     // One request per connection upstream too, whatever the client asked (LocalStack keeps
     // connections open): the answer ends where the upstream closes.
-    let forwarded: String = head
-        .split("\r\n")
-        .filter(|line| !line.is_empty() && !line.to_ascii_lowercase().starts_with("connection:"))
-        .map(|line| format!("{line}\r\n"))
-        .collect();
-    server.write_all(format!("{forwarded}Connection: close\r\n\r\n").as_bytes())?;
+    server.write_all(format!("{}Connection: close\r\n\r\n", without_header(&head, "connection")).as_bytes())?;
     server.write_all(&body)?;
     if receive && state.lose_receives.load(Ordering::SeqCst) {
         // The emulator has taken the messages; its answer goes nowhere.
@@ -310,11 +305,7 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
     let mut answer = Vec::new();
     server.read_to_end(&mut answer)?;
     let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 2);
-    let head: String = String::from_utf8_lossy(&answer[..split])
-        .split("\r\n")
-        .filter(|line| !line.is_empty() && !line.to_ascii_lowercase().starts_with("date:"))
-        .map(|line| format!("{line}\r\n"))
-        .collect();
+    let head = without_header(&String::from_utf8_lossy(&answer[..split]), "date");
     client.write_all(format!("{head}Date: {}\r\n", http_date(now)).as_bytes())?;
     client.write_all(&answer[split..])
 }
@@ -340,6 +331,17 @@ fn write_answer(client: &mut TcpStream, answer: &Canned, now: SystemTime) -> std
         client.write_all(b"\r\n")?;
     }
     client.write_all(b"0\r\n\r\n")
+}
+
+/// A head's lines without its blank end and without the header `name` (lowercase), each line
+/// ending in CRLF: for a header to be written anew after them.
+fn without_header(head: &str, name: &str) -> String {
+    head.split("\r\n")
+        .filter(|line| {
+            !line.is_empty() && !line.split_once(':').is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        })
+        .map(|line| format!("{line}\r\n"))
+        .collect()
 }
 
 /// A header's value in a request head.

@@ -48,33 +48,28 @@ pub struct Endpoint {
     idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
-/// The CA certificates this server trusts, as the SDK's HTTPS client loads them too: the
-/// system's store, or SSL_CERT_FILE and SSL_CERT_DIR in the postmaster's environment.
-fn ca_certificates() -> Vec<CertificateDer<'static>> {
-    rustls_native_certs::load_native_certs().certs
+/// The CA certificates requests to `config`'s endpoint are checked against (none over plain
+/// HTTP), loaded as the SDK's HTTPS client loads them too: the system's store, or SSL_CERT_FILE
+/// and SSL_CERT_DIR in the postmaster's environment. Over TLS without a single one every request
+/// would fail the same way: an error now, before any.
+pub fn ca_certificates(config: &ClientConfig) -> Result<Vec<CertificateDer<'static>>, SqsError> {
+    if !config.url().starts_with("https://") {
+        return Ok(Vec::new());
+    }
+    match rustls_native_certs::load_native_certs().certs {
+        none if none.is_empty() => Err(no_ca_certificates(config.target())),
+        certificates => Ok(certificates),
+    }
 }
 
-/// How many CA certificates requests to `config`'s endpoint are checked against (0 over plain
-/// HTTP). Over TLS without a single one every request would fail the same way: an error now,
-/// before any.
-pub fn check_ca_certificates(config: &ClientConfig) -> Result<usize, SqsError> {
-    if !config.url().starts_with("https://") {
-        return Ok(0);
-    }
-    match ca_certificates().len() {
-        0 => Err(SqsError::Untrusted {
-            target: config.target(),
-            detail: "no CA certificates found on this server".to_owned(),
-            trusted: 0,
-        }),
-        trusted => Ok(trusted),
-    }
+fn no_ca_certificates(target: String) -> SqsError {
+    SqsError::Untrusted { target, detail: "no CA certificates found on this server".to_owned(), trusted: 0 }
 }
 
 impl Endpoint {
-    /// The endpoint `config` names (`http` or `https`, validated as a setting); over TLS, with
-    /// at least one CA certificate (see [`check_ca_certificates`]).
-    pub fn new(config: &ClientConfig) -> Result<Endpoint, SqsError> {
+    /// The endpoint `config` names (`http` or `https`, validated as a setting); over TLS, checked
+    /// against `certificates` ([`ca_certificates`]), of which at least one must be usable.
+    pub fn new(config: &ClientConfig, certificates: Vec<CertificateDer<'static>>) -> Result<Endpoint, SqsError> {
         let (url, target) = (config.url(), config.target());
         let unusable =
             |detail: String| SqsError::Unreachable { target: target.clone(), detail: format!("{url}: {detail}") };
@@ -87,10 +82,9 @@ impl Endpoint {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let (tls, trusted) = if https {
             let mut roots = RootCertStore::empty();
-            let (trusted, _unparsable) = roots.add_parsable_certificates(ca_certificates());
+            let (trusted, _unparsable) = roots.add_parsable_certificates(certificates);
             if trusted == 0 {
-                let detail = "no CA certificates found on this server".to_owned();
-                return Err(SqsError::Untrusted { target, detail, trusted: 0 });
+                return Err(no_ca_certificates(target));
             }
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -260,7 +254,7 @@ mod tests {
             protocol: Protocol::Json,
         };
         let thread = std::thread::spawn(move || serve(&listener));
-        (Endpoint::new(&config).unwrap(), thread)
+        (Endpoint::new(&config, Vec::new()).unwrap(), thread)
     }
 
     fn post(endpoint: &Endpoint, body: &str) -> Result<Vec<u8>, SqsError> {

@@ -341,7 +341,8 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
         }
     }
     // A server without CA certificates is told so before any request.
-    let trusted = http::check_ca_certificates(config)?;
+    let certificates = http::ca_certificates(config)?;
+    let trusted = certificates.len();
     let sdk_config = json::sdk_config(config).await;
     let query = match config.protocol {
         Protocol::Json => None,
@@ -349,7 +350,7 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
             let credentials = sdk_config.credentials_provider().ok_or_else(|| SqsError::Credentials {
                 detail: "the AWS configuration has no credentials provider".to_owned(),
             })?;
-            Some(signed::Client::new(config, http::Endpoint::new(config)?, credentials))
+            Some(signed::Client::new(config, http::Endpoint::new(config, certificates)?, credentials))
         }
     };
     let connection = Arc::new(Connection {
