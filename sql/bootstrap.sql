@@ -117,9 +117,35 @@ CREATE TABLE sqs_ingest.sources (
     -- How bodies are opened: auto (SNS notifications and EventBridge events, anything else as
     -- it is), none, sns, eventbridge. Added in 0.4.0, hence after created_at.
     envelope           text NOT NULL DEFAULT 'auto' CHECK (envelope IN ('auto', 'none', 'sns', 'eventbridge')),
-    CHECK (name = 'login' OR (queue_url IS NOT NULL AND target IS NOT NULL))
+    CHECK (name = 'login' OR (queue_url IS NOT NULL AND target IS NOT NULL)),
+    -- The identity (sqs_ingest.identities) its requests are signed as; NULL: the server's own
+    -- credentials. Added in 0.7.0. Not a foreign key: pg_dump restores configuration tables
+    -- in no order that one could rely on; drop_identity refuses while a source names it.
+    identity           text
 );
 -- The built-in login source: created here, so pg_dump leaves it out (a restore's CREATE
 -- EXTENSION makes it again).
 INSERT INTO sqs_ingest.sources (name, owner) VALUES ('login', current_user::regrole);
 SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.sources', $$WHERE name <> 'login'$$);
+
+-- Identities (0.7.0): IAM roles that sources assume through STS with the server's credentials,
+-- declared and granted by superusers only (README, threat model).
+CREATE TABLE sqs_ingest.identities (
+    name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]{1,63}$'),
+    role_arn     text NOT NULL CHECK (role_arn ~ '^arn:aws[a-z-]*:iam::[0-9]{12}:role/'),
+    -- Sent with every AssumeRole; the role's trust policy names it (sts:ExternalId).
+    external_id  text,
+    -- NULL: '<source>@<cluster_name, else the system identifier>'.
+    session_name text,
+    -- STS's region; NULL: the queue's.
+    region       text,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+-- Who may name an identity in their sources: these roles, and the roles with their privileges.
+CREATE TABLE sqs_ingest.identity_usage (
+    identity text NOT NULL,
+    grantee  regrole NOT NULL,
+    PRIMARY KEY (identity, grantee)
+);
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.identities', '');
+SELECT pg_catalog.pg_extension_config_dump('sqs_ingest.identity_usage', '');

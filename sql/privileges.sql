@@ -23,9 +23,18 @@ GRANT SELECT ON sqs_ingest.pii_vault, sqs_ingest.pii_reveals TO sqs_ingest_pii_r
 -- Sources: creating, changing and dropping one lets its owner make the server read a queue
 -- with the server's AWS credentials, so nobody may until a superuser grants it (README, threat
 -- model). Operators fetch and watch them.
-REVOKE ALL ON FUNCTION sqs_ingest.create_source(text, text, regclass, jsonb, boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION sqs_ingest.alter_source(text, text, regclass, jsonb, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.create_source(text, text, regclass, jsonb, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.alter_source(text, text, regclass, jsonb, boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sqs_ingest.drop_source(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sqs_ingest.fetch_source(text, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sqs_ingest.fetch_source(text, integer) TO sqs_ingest_operator;
 GRANT SELECT ON sqs_ingest.sources, sqs_ingest.source_status TO sqs_ingest_operator;
+-- Identities: only superusers declare and grant them (the functions check too); operators see
+-- which exist and who may use them. An external id is not a secret (AWS's IAM guide says so):
+-- it keeps a role from being assumed for anyone but this server's sources.
+REVOKE ALL ON FUNCTION sqs_ingest.create_identity(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.alter_identity(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.drop_identity(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.grant_identity(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqs_ingest.revoke_identity(text, text) FROM PUBLIC;
+GRANT SELECT ON sqs_ingest.identities, sqs_ingest.identity_usage TO sqs_ingest_operator;

@@ -1,7 +1,7 @@
 //! The `sqs_ingest.*` settings: their definitions, bounds, and a validated snapshot for one fetch.
 use crate::errors::report;
 use crate::keys;
-use crate::sqs::{ClientConfig, Protocol, Queue};
+use crate::sqs::{AssumeRole, ClientConfig, Protocol, Queue};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
@@ -360,7 +360,7 @@ fn http_url(name: &'static str, value: String) -> Result<String, SettingsError> 
 }
 
 /// The settings of a fetch from a source with `overrides`.
-pub fn fetch_settings(overrides: &Overrides) -> Result<FetchSettings, SettingsError> {
+pub fn fetch_settings(overrides: &Overrides, assume: Option<AssumeRole>) -> Result<FetchSettings, SettingsError> {
     let queue_url = http_url("queue_url", overrides.queue_url.clone().unwrap_or_else(|| text(&QUEUE_URL)))?;
     let endpoint = match text(&ENDPOINT_URL) {
         e if e.is_empty() => endpoint_for_queue(&queue_url).map(str::to_owned),
@@ -383,6 +383,7 @@ pub fn fetch_settings(overrides: &Overrides) -> Result<FetchSettings, SettingsEr
                 connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS.get() as u64),
                 request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS.get() as u64),
                 protocol: overrides.protocol.unwrap_or_else(|| PROTOCOL.get()),
+                assume,
             },
             url: queue_url,
             visibility_timeout: (visibility >= 0).then_some(visibility),

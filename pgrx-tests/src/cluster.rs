@@ -285,6 +285,11 @@ impl Cluster {
     /// A cluster of its own whose workers ingest from `queue_url` into the database `postgres`,
     /// with short waits so that tests see restarts and backoff quickly.
     pub fn with_workers(name: &str, queue_url: &str, extra: &[&str]) -> Cluster {
+        Cluster::with_workers_in(name, queue_url, extra, &crate::emulator::AWS_ENV)
+    }
+
+    /// As [`Cluster::with_workers`], with the postmaster's environment `env`.
+    pub fn with_workers_in(name: &str, queue_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let mut settings = vec![
             format!("sqs_ingest.queue_url = '{queue_url}'"),
             "sqs_ingest.worker_wait = 2".to_owned(),
@@ -293,7 +298,7 @@ impl Cluster {
             "sqs_ingest.visibility_timeout = 2".to_owned(),
         ];
         settings.extend(extra.iter().map(|s| s.to_string()));
-        Cluster::start(name, &settings, &crate::emulator::AWS_ENV)
+        Cluster::start(name, &settings, env)
     }
 
     /// A cluster of its own preloading pg_cron too, scheduling in `postgres` over TCP, the

@@ -9,9 +9,12 @@
 //! lists them), and a clock ahead of the client's that refuses requests signed more than 15
 //! minutes off, as SigV4 does ("Signature expired", https://docs.aws.amazon.com/IAM/latest/UserGuide/signing-elements.html),
 //! with its time in every answer's Date; and a container-credentials endpoint that counts its
-//! fetches. It keeps the ReceiveMessage requests and every request it saw, for tests of what is
-//! sent. Everything else is relayed unchanged to the
-//! emulator behind it. One request per connection (moto closes each too).
+//! fetches. In front of STS (tests/identities.rs) it plays STS refusing AssumeRole (moto's STS
+//! grants every role; https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html
+//! lists the refusals) and sessions that end within a test (STS's last at least 15 minutes).
+//! It keeps the ReceiveMessage requests and every request it saw, for tests of what is sent.
+//! Everything else is relayed unchanged to the emulator behind it. One request per connection
+//! (moto closes each too).
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -41,6 +44,18 @@ impl Canned {
         }
         let body = format!(r#"{{"__type":"com.amazonaws.sqs#{kind}","message":"played by the fault endpoint"}}"#);
         Canned { status, headers, body }
+    }
+}
+
+impl Canned {
+    /// An error in the Query protocol's XML, as STS sends it
+    /// (https://docs.aws.amazon.com/STS/latest/APIReference/CommonErrors.html).
+    pub fn xml_error(status: &'static str, code: &str, message: &str) -> Canned {
+        let body = format!(
+            "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+             <Code>{code}</Code><Message>{message}</Message></Error><RequestId>played-by-the-fault-endpoint</RequestId></ErrorResponse>"
+        );
+        Canned { status, headers: vec![("Content-Type", "text/xml".to_owned())], body }
     }
 }
 
@@ -82,6 +97,8 @@ struct State {
     /// Seconds this endpoint's clock is ahead of the machine's; 0: no signature check.
     ahead: AtomicI64,
     requests: Mutex<Vec<(String, String)>>,
+    /// Seconds AssumeRole sessions last when relayed; 0: as the emulator grants them.
+    session_lifetime: std::sync::atomic::AtomicU64,
 }
 
 pub struct FaultEndpoint {
@@ -152,6 +169,12 @@ impl FaultEndpoint {
     /// are refused as SigV4 refuses them, and every answer's Date is its time.
     pub fn clock_ahead(&self, seconds: i64) {
         self.state.ahead.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Cuts the sessions of relayed AssumeRole answers to `lifetime` (their Expiration): a session
+    /// that ends within the test, as one of STS's 15-minute sessions does 20 s before its end.
+    pub fn session_lifetime(&self, lifetime: Duration) {
+        self.state.session_lifetime.store(lifetime.as_secs(), Ordering::SeqCst);
     }
 
     /// Every request so far, in order: its head (request line and headers) and its body.
@@ -297,17 +320,34 @@ fn relay(client: TcpStream, upstream: u16, state: &State) -> std::io::Result<()>
         std::io::copy(&mut server, &mut std::io::sink())?;
         return client.shutdown(std::net::Shutdown::Both);
     }
-    if ahead == 0 {
+    let lifetime = state.session_lifetime.load(Ordering::SeqCst);
+    let assume = lifetime > 0 && body_text.contains("Action=AssumeRole");
+    if ahead == 0 && !assume {
         std::io::copy(&mut server, &mut client)?;
         return Ok(());
     }
-    // The answer with this endpoint's time as its Date.
     let mut answer = Vec::new();
     server.read_to_end(&mut answer)?;
     let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |i| i + 2);
-    let head = without_header(&String::from_utf8_lossy(&answer[..split]), "date");
-    client.write_all(format!("{head}Date: {}\r\n", http_date(now)).as_bytes())?;
-    client.write_all(&answer[split..])
+    let mut head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let mut rest = answer[split..].to_vec();
+    if ahead != 0 {
+        // The answer with this endpoint's time as its Date.
+        head = format!("{}Date: {}\r\n", without_header(&head, "date"), http_date(now));
+    }
+    if assume {
+        // The session STS granted, cut to `lifetime` seconds.
+        let text = String::from_utf8_lossy(&rest).into_owned();
+        let expires = rfc3339(SystemTime::now() + Duration::from_secs(lifetime));
+        let (start, end) = (text.find("<Expiration>"), text.find("</Expiration>"));
+        if let (Some(start), Some(end)) = (start, end) {
+            let text = format!("{}<Expiration>{expires}{}", &text[..start], &text[end..]);
+            rest = format!("\r\n{}", text.trim_start_matches("\r\n")).into_bytes();
+            head = format!("{}Content-Length: {}\r\n", without_header(&head, "content-length"), rest.len() - 2);
+        }
+    }
+    client.write_all(head.as_bytes())?;
+    client.write_all(&rest)
 }
 
 /// Writes `answer`: framed by Content-Length, or, when its headers say

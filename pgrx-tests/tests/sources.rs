@@ -405,8 +405,8 @@ fn a_source_runs_with_its_owners_rights_never_the_workers() {
     orders_table(&mut db, "orders");
     db.batch_execute(
         "CREATE ROLE alice LOGIN IN ROLE sqs_ingest_operator;
-         GRANT EXECUTE ON FUNCTION sqs_ingest.create_source(text, text, regclass, jsonb, boolean),
-                                   sqs_ingest.alter_source(text, text, regclass, jsonb, boolean) TO alice;
+         GRANT EXECUTE ON FUNCTION sqs_ingest.create_source,
+                                   sqs_ingest.alter_source TO alice;
          CREATE FUNCTION secret(text) RETURNS text LANGUAGE sql AS 'SELECT $1';
          REVOKE ALL ON FUNCTION secret(text) FROM PUBLIC;
          SELECT sqs_ingest.alter_source('login', enabled => false);",

@@ -146,14 +146,15 @@ fn update_from(release: &str) {
         ]
         .map(|sql| count(db, sql))
     };
+    // The extension's roles' grants, and those a superuser gave the user's own role.
     let grants = |db: &mut Client| -> Vec<String> {
         db.query(
             "SELECT grantee || ' ' || privilege_type || ' ' || table_schema || '.' || table_name
-             FROM information_schema.role_table_grants WHERE grantee LIKE 'sqs_ingest%'
+             FROM information_schema.role_table_grants WHERE grantee LIKE 'sqs_ingest%' OR grantee = $1
              UNION ALL
              SELECT grantee || ' ' || privilege_type || ' ' || routine_name
-             FROM information_schema.role_routine_grants WHERE grantee LIKE 'sqs_ingest%'",
-            &[],
+             FROM information_schema.role_routine_grants WHERE grantee LIKE 'sqs_ingest%' OR grantee = $1",
+            &[&role],
         )
         .unwrap()
         .iter()
@@ -169,6 +170,12 @@ fn update_from(release: &str) {
             "SELECT sqs_ingest.create_source('orders', $1, 'upgrade_orders', '{\"id\": \"body->>''id''\"}')",
             &[&orders.url],
         )
+        .unwrap();
+        // As the README has a superuser let a role create and change sources: kept by updates
+        // that give the functions new arguments.
+        db.batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION sqs_ingest.create_source, sqs_ingest.alter_source TO {role}"
+        ))
         .unwrap();
     }
     let before = state(&mut db);
@@ -219,6 +226,13 @@ fn update_from(release: &str) {
         db.batch_execute("DROP TABLE upgrade_orders").unwrap();
         assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.sources WHERE name = 'orders' AND NOT enabled"), 1);
         db.batch_execute("SELECT sqs_ingest.drop_source('orders')").unwrap();
+    }
+    if sources {
+        // Kept (checked above); the user's own, which a fresh install has not.
+        db.batch_execute(&format!(
+            "REVOKE EXECUTE ON FUNCTION sqs_ingest.create_source, sqs_ingest.alter_source FROM {role}"
+        ))
+        .unwrap();
     }
     cluster().connect(&fresh_db).batch_execute("CREATE EXTENSION sqs_ingest").unwrap();
     db.batch_execute("ALTER TABLE user_logins DROP CONSTRAINT no_windows").unwrap();

@@ -2,7 +2,7 @@
 //! caller's transaction.
 use super::{ingest, prune_ledger, IngestError, Sink, Stored};
 use crate::settings;
-use crate::source::{stats, Source, SourceError, LOGIN};
+use crate::source::{identity, stats, Source, SourceError, LOGIN};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
@@ -21,7 +21,7 @@ fn fetch(name: &str, max: Option<i32>) -> Result<i32, ErrorReport> {
     if !source.enabled {
         return Err(SourceError::Disabled(source.name).into());
     }
-    let settings = settings::fetch_settings(&source.overrides)?;
+    let settings = settings::fetch_settings(&source.overrides, identity::assume_for(&source)?)?;
     let sink = Sink::resolve(&source)?;
     prune_ledger(settings.ledger_retention_seconds);
     let fifo = settings.queue.is_fifo();

@@ -1,5 +1,6 @@
 //! The catalog sqs_ingest.sources: create_source, alter_source, drop_source, and the generation
 //! counter that tells the workers, within a poll's slice, that a committed change awaits them.
+use super::identity;
 use super::mapping::Mapping;
 use super::{Source, SourceError, LOGIN};
 use crate::role;
@@ -66,6 +67,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
 
 extension_sql!(
     "CREATE TRIGGER sources_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON sqs_ingest.sources
+         FOR EACH STATEMENT EXECUTE FUNCTION sqs_ingest.sources_changed();
+     CREATE TRIGGER identities_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON sqs_ingest.identities
+         FOR EACH STATEMENT EXECUTE FUNCTION sqs_ingest.sources_changed();
+     CREATE TRIGGER identity_usage_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON sqs_ingest.identity_usage
          FOR EACH STATEMENT EXECUTE FUNCTION sqs_ingest.sources_changed();",
     name = "sources_changed_trigger",
     requires = ["bootstrap", sqs_ingest::sources_changed]
@@ -125,6 +130,18 @@ fn write(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<(), SourceErro
         .map_err(SourceError::spi("writing sqs_ingest.sources"))
 }
 
+/// Writes a source's identity, in a catalog that has the column: before ALTER EXTENSION UPDATE
+/// to 0.7.0 it has none, and no source can name one (Identity::load says to update first).
+fn write_identity(source: &Source) -> Result<(), ErrorReport> {
+    if identity::in_catalog()? {
+        write(
+            "UPDATE sqs_ingest.sources SET identity = $2 WHERE name = $1",
+            &[source.name.clone().into(), source.identity.clone().into()],
+        )?;
+    }
+    Ok(())
+}
+
 fn mapping_json(source: &Source) -> Option<String> {
     source.columns.as_ref().map(|c| {
         serde_json::Value::Object(c.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
@@ -136,8 +153,9 @@ fn mapping_json(source: &Source) -> Option<String> {
 mod sqs_ingest {
     use super::*;
 
-    /// Fires on every change of sqs_ingest.sources, through the functions below, an UPDATE or a
-    /// restore alike: the workers look again once the transaction commits.
+    /// Fires on every change of sqs_ingest.sources and of the identities and their grants,
+    /// through the functions, an UPDATE or a restore alike: the workers look again once the
+    /// transaction commits.
     #[pg_trigger]
     fn sources_changed<'a>(
         _trigger: &'a pgrx::PgTrigger<'a>,
@@ -147,13 +165,40 @@ mod sqs_ingest {
     }
 
     /// Creates a source owned by the current user; its mapping is checked now, as its owner.
-    #[pg_extern(volatile, parallel_unsafe)]
+    /// 0.3.0 to 0.6.0's create_source, which their SQL calls until ALTER EXTENSION UPDATE: the
+    /// library is installed (and a server restarted) before the update, and a C function is
+    /// bound to its symbol by name, whatever its arguments.
+    #[pg_extern(sql = false)]
     fn create_source(
+        name: Option<String>,
+        queue_url: Option<String>,
+        target: Option<PgRelation>,
+        columns: Option<JsonB>,
+        enabled: Option<bool>,
+    ) -> Result<(), ErrorReport> {
+        create_source_with_identity(name, queue_url, target, columns, enabled, None)
+    }
+
+    /// 0.3.0 to 0.6.0's alter_source, as create_source above.
+    #[pg_extern(sql = false)]
+    fn alter_source(
+        name: Option<String>,
+        queue_url: Option<String>,
+        target: Option<PgRelation>,
+        columns: Option<JsonB>,
+        enabled: Option<bool>,
+    ) -> Result<(), ErrorReport> {
+        alter_source_with_identity(name, queue_url, target, columns, enabled, None)
+    }
+
+    #[pg_extern(volatile, parallel_unsafe, name = "create_source")]
+    fn create_source_with_identity(
         name: Option<String>,
         queue_url: Option<String>,
         target: Option<PgRelation>,
         columns: default!(Option<JsonB>, "NULL"),
         enabled: default!(Option<bool>, true),
+        identity: default!(Option<String>, "NULL"),
     ) -> Result<(), ErrorReport> {
         let name = name.ok_or(SourceError::Null("name"))?;
         let queue_url = queue_url.ok_or(SourceError::Null("queue_url"))?;
@@ -168,6 +213,7 @@ mod sqs_ingest {
             overrides: settings::Overrides { queue_url: Some(queue_url), ..Default::default() },
             workers: None,
             envelope: Default::default(),
+            identity: identity.filter(|i| !i.is_empty()),
         };
         match Source::load(&name) {
             Ok(_) => return Err(SourceError::Exists(name).into()),
@@ -175,6 +221,7 @@ mod sqs_ingest {
             Err(e) => return Err(e.into()),
         }
         check(&source, true)?;
+        identity::assume_for(&source)?;
         write(
             "INSERT INTO sqs_ingest.sources (name, queue_url, target, columns, enabled, owner)
              VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
@@ -187,28 +234,30 @@ mod sqs_ingest {
                 source.owner.into(),
             ],
         )?;
-        Ok(())
+        write_identity(&source)
     }
 
     /// Changes what is given of a source (NULL leaves a field as it is; columns => 'null'
     /// goes back to the body's keys). Its owner or a superuser may.
-    #[pg_extern(volatile, parallel_unsafe)]
-    fn alter_source(
+    #[pg_extern(volatile, parallel_unsafe, name = "alter_source")]
+    fn alter_source_with_identity(
         name: Option<String>,
         queue_url: default!(Option<String>, "NULL"),
         target: default!(Option<PgRelation>, "NULL"),
         columns: default!(Option<JsonB>, "NULL"),
         enabled: default!(Option<bool>, "NULL"),
+        identity: default!(Option<String>, "NULL"),
     ) -> Result<(), ErrorReport> {
         let name = name.ok_or(SourceError::Null("name"))?;
         let mut source = Source::load(&name)?;
         if !role::acts_for(source.owner) {
             return Err(SourceError::NotOwner(name).into());
         }
-        if source.is_login() && (queue_url.is_some() || target.is_some() || columns.is_some()) {
+        let changes = queue_url.is_some() || target.is_some() || columns.is_some() || identity.is_some();
+        if source.is_login() && changes {
             return Err(SourceError::BuiltIn("changed, except for enabled").into());
         }
-        let only_disabling = enabled == Some(false) && queue_url.is_none() && target.is_none() && columns.is_none();
+        let only_disabling = enabled == Some(false) && !changes;
         if queue_url.is_some() {
             source.overrides.queue_url = queue_url;
         }
@@ -221,7 +270,14 @@ mod sqs_ingest {
         if let Some(enabled) = enabled {
             source.enabled = enabled;
         }
+        // '' goes back to the server's own credentials.
+        if let Some(identity) = identity {
+            source.identity = Some(identity).filter(|i| !i.is_empty());
+        }
         check(&source, !only_disabling)?;
+        if !only_disabling {
+            identity::assume_for(&source)?;
+        }
         write(
             "UPDATE sqs_ingest.sources SET queue_url = $2, target = $3, columns = $4::jsonb, enabled = $5
              WHERE name = $1",
@@ -233,7 +289,7 @@ mod sqs_ingest {
                 source.enabled.into(),
             ],
         )?;
-        Ok(())
+        write_identity(&source)
     }
 
     /// Drops a source; its dead letters stay. Its owner or a superuser may.

@@ -1,6 +1,7 @@
 //! Sources: SQS queues ingested into tables, as the catalog sqs_ingest.sources configures them.
 //! `catalog` changes them, `mapping` turns one into its INSERT, `stats` counts what each did.
 pub mod catalog;
+pub mod identity;
 pub mod mapping;
 pub mod stats;
 
@@ -39,6 +40,8 @@ pub struct Source {
     pub workers: Option<i32>,
     /// How its bodies are opened (SNS, EventBridge).
     pub envelope: Envelope,
+    /// The identity (sqs_ingest.identities) its requests are signed as; None: the server's.
+    pub identity: Option<String>,
 }
 
 impl Source {
@@ -81,6 +84,7 @@ impl Source {
                     overrides: Overrides::default(),
                     workers: None,
                     envelope: Envelope::Auto,
+                    identity: None,
                 }],
             });
         }
@@ -91,7 +95,9 @@ impl Source {
                             enabled, owner::oid, wait_seconds, visibility_timeout,
                             requests_in_flight, workers, protocol,
                             -- envelope from 0.4.0 on; a database not yet updated has none
-                            to_jsonb(s) ->> 'envelope'
+                            to_jsonb(s) ->> 'envelope',
+                            -- identity from 0.7.0 on
+                            to_jsonb(s) ->> 'identity'
                      FROM sqs_ingest.sources s WHERE $1::text IS NULL OR name = $1 ORDER BY name",
             &[name.into()],
             |rows| {
@@ -118,6 +124,7 @@ impl Source {
                         },
                         workers: r.get(12)?,
                         envelope: r.get::<String>(14)?.as_deref().and_then(Envelope::from_name).unwrap_or_default(),
+                        identity: r.get(15)?,
                     })
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()

@@ -189,7 +189,7 @@ extension_sql!(
             coalesce(c.received, 0) AS received, coalesce(c.rows, 0) AS rows,
             coalesce(c.dead_letters, 0) AS dead_letters, coalesce(c.duplicates_skipped, 0) AS duplicates_skipped,
             coalesce(c.receive_requests, 0) AS receive_requests, coalesce(c.empty_receives, 0) AS empty_receives,
-            coalesce(c.delete_requests, 0) AS delete_requests, c.newest_sent_at, c.last_error
+            coalesce(c.delete_requests, 0) AS delete_requests, c.newest_sent_at, c.last_error, s.identity
      FROM sqs_ingest.sources s LEFT JOIN sqs_ingest.source_counts() c ON c.source = s.name;",
     name = "source_status_view",
     requires = ["bootstrap", sqs_ingest::source_counts]

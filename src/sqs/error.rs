@@ -8,6 +8,9 @@ use std::fmt;
 pub enum SqsError {
     /// No credentials in the AWS default chain.
     Credentials { detail: String },
+    /// STS did not let the server's credentials assume a source identity's role (refused, no
+    /// trust, a wrong external id), or the chain had none to ask with.
+    Identity { identity: String, role_arn: String, detail: String },
     /// The request did not complete: connection refused, reset, timed out, bad response.
     Unreachable { target: String, detail: String },
     /// The endpoint's TLS certificate was refused: its issuer is not among the CA
@@ -24,6 +27,9 @@ impl fmt::Display for SqsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SqsError::Credentials { detail } => write!(f, "no AWS credentials found: {detail}"),
+            SqsError::Identity { identity, role_arn, detail } => {
+                write!(f, "identity \"{identity}\" could not assume {role_arn}: {detail}")
+            }
             SqsError::Unreachable { target, detail } => write!(f, "could not reach {target}: {detail}"),
             SqsError::Untrusted { target, detail, .. } => {
                 write!(f, "the TLS certificate of {target} is not trusted by this server: {detail}")
@@ -102,7 +108,10 @@ impl SqsError {
             SqsError::Service { code, .. } => {
                 matches!(ServiceKind::of(code), ServiceKind::Throttled | ServiceKind::ServerFault)
             }
-            SqsError::Credentials { .. } | SqsError::Untrusted { .. } | SqsError::QueryOnly { .. } => false,
+            SqsError::Credentials { .. }
+            | SqsError::Identity { .. }
+            | SqsError::Untrusted { .. }
+            | SqsError::QueryOnly { .. } => false,
         }
     }
 
@@ -110,6 +119,7 @@ impl SqsError {
     pub fn what(&self) -> String {
         match self {
             SqsError::Credentials { .. } => "no AWS credentials".to_owned(),
+            SqsError::Identity { identity, .. } => format!("identity \"{identity}\" refused"),
             SqsError::Unreachable { target, .. } => format!("could not reach {target}"),
             SqsError::Untrusted { target, .. } => format!("the TLS certificate of {target} is not trusted"),
             SqsError::Service { target, code, .. } => format!("{target} answered {code}"),
@@ -132,6 +142,10 @@ impl From<SqsError> for ErrorReport {
             SqsError::Credentials { .. } => (
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
                 "Give the server AWS credentials through the standard chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the postmaster's environment, ~/.aws/credentials of the postgres OS user, web identity, or an instance/container role.",
+            ),
+            SqsError::Identity { .. } => (
+                PgSqlErrorCode::ERRCODE_INVALID_ROLE_SPECIFICATION,
+                "STS refused the identity's role to the server's credentials: the role's trust policy must allow the server's principal sts:AssumeRole with the identity's external id (README, cross-account roles), and the server's own policy must allow sts:AssumeRole on the role. Nothing was received, so nothing is lost.",
             ),
             SqsError::Unreachable { .. } => (
                 PgSqlErrorCode::ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
@@ -177,6 +191,19 @@ impl From<SqsError> for ErrorReport {
             ),
         };
         report(code, e.to_string(), hint)
+    }
+}
+
+impl SqsError {
+    /// A credentials failure under an identity is the identity's: STS refused its role, or the
+    /// server's chain had nothing to ask STS with.
+    pub fn under(self, assume: Option<&super::AssumeRole>) -> SqsError {
+        match (self, assume) {
+            (SqsError::Credentials { detail }, Some(a)) => {
+                SqsError::Identity { identity: a.identity.clone(), role_arn: a.role_arn.clone(), detail }
+            }
+            (e, _) => e,
+        }
     }
 }
 

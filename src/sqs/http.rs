@@ -252,6 +252,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(2),
             protocol: Protocol::Json,
+            assume: None,
         };
         let thread = std::thread::spawn(move || serve(&listener));
         (Endpoint::new(&config, Vec::new()).unwrap(), thread)

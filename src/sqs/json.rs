@@ -6,6 +6,7 @@
 use super::error::causes;
 use super::{ClientConfig, Queue, Received, SqsError};
 use aws_config::retry::RetryConfig;
+use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::error::CredentialsError;
@@ -13,6 +14,7 @@ use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
 use sqs_ingest_core::query::error_answer;
 use sqs_ingest_core::received::{attributes_json, Attribute, Receive};
 use sqs_ingest_core::redact::redact;
@@ -33,13 +35,27 @@ impl Sdk {
 }
 
 /// The AWS configuration of `config`: the default chain's credentials, profile and environment
-/// (region, endpoint flags, proxies), with the server's own region, endpoint and timeouts.
+/// (region, endpoint flags, proxies), with the server's own region, endpoint and timeouts. With
+/// an identity, its role assumed through STS on the chain's credentials instead.
 pub async fn sdk_config(config: &ClientConfig) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(config.region.clone()))
-        .app_name(AppName::new(concat!("sqs_ingest-", env!("CARGO_PKG_VERSION"))).expect("a valid app name"))
-        .timeout_config(TimeoutConfig::builder().connect_timeout(config.connect_timeout).build())
-        .retry_config(RetryConfig::standard());
+    let defaults = |region: &str| {
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .app_name(AppName::new(concat!("sqs_ingest-", env!("CARGO_PKG_VERSION"))).expect("a valid app name"))
+            .timeout_config(TimeoutConfig::builder().connect_timeout(config.connect_timeout).build())
+            .retry_config(RetryConfig::standard())
+    };
+    let mut loader = defaults(&config.region);
+    if let Some(assume) = &config.assume {
+        // STS's own endpoint (regional, or AWS_ENDPOINT_URL_STS), never sqs_ingest.endpoint_url.
+        let chain = defaults(assume.region.as_deref().unwrap_or(&config.region)).load().await;
+        let mut role = AssumeRoleProvider::builder(&assume.role_arn).session_name(&assume.session_name);
+        if let Some(external_id) = &assume.external_id {
+            role = role.external_id(external_id);
+        }
+        let role = role.configure(&chain).build().await;
+        loader = loader.credentials_provider(role);
+    }
     if let Some(endpoint) = &config.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
@@ -145,7 +161,7 @@ impl Sdk {
             }
         }
         if let Some(credentials) = source_of::<CredentialsError>(&err) {
-            return SqsError::Credentials { detail: redact(&causes(credentials)) };
+            return SqsError::Credentials { detail: redact(&credentials_detail(credentials)) };
         }
         match &err {
             SdkError::ServiceError(service) => SqsError::Service {
@@ -167,6 +183,19 @@ impl Sdk {
                 SqsError::Unreachable { target, detail }
             }
         }
+    }
+}
+
+/// Why credentials could not be had: STS's own answer to an identity's AssumeRole, its code and
+/// message (the SDK's display of it leaves both out), else the chain of causes.
+fn credentials_detail(error: &CredentialsError) -> String {
+    match source_of::<SdkError<AssumeRoleError, HttpResponse>>(error) {
+        Some(SdkError::ServiceError(refused)) => format!(
+            "STS answered {}: {}",
+            refused.err().code().unwrap_or("an error"),
+            refused.err().message().unwrap_or_default()
+        ),
+        _ => causes(error),
     }
 }
 

@@ -61,6 +61,20 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub protocol: Protocol,
+    /// The role a source's identity assumes; None: the server's own credentials.
+    pub assume: Option<AssumeRole>,
+}
+
+/// An IAM role assumed through STS with the server's credentials (a source's identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRole {
+    /// The identity's name, as errors name it.
+    pub identity: String,
+    pub role_arn: String,
+    pub external_id: Option<String>,
+    pub session_name: String,
+    /// STS's region; None: the queue's.
+    pub region: Option<String>,
 }
 
 impl ClientConfig {
@@ -255,7 +269,7 @@ impl Queue {
                 })
             })
         };
-        match within(attempts(connection.speaks_query.load(Ordering::Relaxed))).await {
+        let answer = match within(attempts(connection.speaks_query.load(Ordering::Relaxed))).await {
             Err(SqsError::QueryOnly { .. }) if self.config.protocol == Protocol::Auto => {
                 if !connection.speaks_query.swap(true, Ordering::Relaxed) {
                     *DETECTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.config.target());
@@ -263,7 +277,8 @@ impl Queue {
                 within(attempts(true)).await
             }
             other => other,
-        }
+        };
+        answer.map_err(|e| e.under(self.config.assume.as_ref()))
     }
 }
 
@@ -331,14 +346,16 @@ struct Connection {
     speaks_query: AtomicBool,
 }
 
-/// The backend's connection for `config`, built (and its credentials resolved) on first use.
+/// Connections a process keeps at most: one per endpoint and identity it serves.
+const CONNECTIONS: usize = 32;
+
+/// The backend's connection for `config`, built (and its credentials resolved) on first use
+/// and kept, so that each identity's credentials are fetched once per refresh, not per round.
 /// A static, not a thread-local, so that nothing of it is dropped at backend exit.
 async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> {
-    static CONNECTION: Mutex<Option<Arc<Connection>>> = Mutex::new(None);
-    if let Some(connection) = CONNECTION.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        if connection.config == *config {
-            return Ok(connection.clone());
-        }
+    static KEPT: Mutex<Vec<Arc<Connection>>> = Mutex::new(Vec::new());
+    if let Some(connection) = KEPT.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|c| c.config == *config) {
+        return Ok(connection.clone());
     }
     // A server without CA certificates is told so before any request.
     let certificates = http::ca_certificates(config)?;
@@ -359,7 +376,12 @@ async fn connection(config: &ClientConfig) -> Result<Arc<Connection>, SqsError> 
         config: config.clone(),
         speaks_query: AtomicBool::new(config.protocol == Protocol::Query),
     });
-    *CONNECTION.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    // A changed setting leaves connections no source asks for: the oldest goes first.
+    if kept.len() >= CONNECTIONS {
+        kept.remove(0);
+    }
+    kept.push(connection.clone());
     Ok(connection)
 }
 

@@ -10,9 +10,10 @@ mod round;
 mod step_aside;
 mod transaction;
 
-use crate::ingest::{IngestError, Sink};
+use crate::ingest::Sink;
 use crate::settings::{self, WORKER_ENABLED, WORKER_MAX_BACKOFF};
-use crate::source::{catalog, stats, Source, SourceError};
+use crate::source::{catalog, identity, stats, Source, SourceError};
+use crate::sqs::AssumeRole;
 use crate::status::{self, State};
 use assignment::assigned;
 use latch::{reload_if_asked, reload_pending, shutdown_requested, wait, wait_for_change};
@@ -123,14 +124,20 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
         // The catalog when it changed, and the tables of the sources about to be polled, in one
         // transaction: a source whose table is missing or does not fit backs off unpolled.
         if enabled && (read_at != Some(generation) || due) {
-            type Read = (Vec<Source>, Vec<(Source, Result<Sink, IngestError>)>);
+            type Ready = Result<(Sink, Option<AssumeRole>), Problem>;
+            type Read = (Vec<Source>, Vec<(Source, Ready)>);
             let reread = read_at != Some(generation);
             let read = in_transaction(AssertUnwindSafe(|| -> Result<Read, SourceError> {
                 let now_mine = if reread { assigned(me.index)? } else { mine.clone() };
                 let sinks = now_mine
                     .iter()
                     .filter(|s| !polls.polling(&s.name) && ready(s, &served))
-                    .map(|s| (s.clone(), Sink::resolve(s)))
+                    .map(|s| {
+                        let sink = Sink::resolve(s).map_err(|e| Problem::new(e.to_string()));
+                        // The owner's right to the source's identity, at every round it is served.
+                        let assume = identity::assume_for(s).map_err(|e| Problem::new(e.to_string()));
+                        (s.clone(), sink.and_then(|sink| Ok((sink, assume?))))
+                    })
                     .collect();
                 Ok((now_mine, sinks))
             }));
@@ -164,9 +171,9 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
                 if let Some(trouble) = std::mem::take(&mut catalog_trouble).trouble {
                     state.trouble.get_or_insert(trouble);
                 }
-                match sink.map_err(|e| Problem::new(e.to_string())).and_then(|sink| {
+                match sink.and_then(|(sink, assume)| {
                     let settings =
-                        settings::fetch_settings(&source.overrides).map_err(|e| Problem::new(e.to_string()))?;
+                        settings::fetch_settings(&source.overrides, assume).map_err(|e| Problem::new(e.to_string()))?;
                     Ok((sink, settings))
                 }) {
                     Ok((sink, settings)) => polls.start(source, sink, settings, state.backlog),
