@@ -24,7 +24,7 @@ CREATE FUNCTION sqs_ingest."worker_status_rows"() RETURNS TABLE (
 )
 STRICT VOLATILE
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'worker_status_rows_wrapper';
+AS 'MODULE_PATHNAME', 'worker_status_rows_by_database_wrapper';
 CREATE VIEW sqs_ingest.worker_status AS SELECT * FROM sqs_ingest.worker_status_rows();
 GRANT SELECT ON sqs_ingest.worker_status TO sqs_ingest_operator;
 

@@ -143,14 +143,64 @@ pub fn now() -> pg_sys::TimestampTz {
 #[pg_schema]
 mod sqs_ingest {
     use super::{database_name, ALLOCATED, SLOTS};
+    use crate::errors::report;
     use crate::shmem::timestamp;
     use pgrx::datum::TimestampWithTimeZone;
+    use pgrx::pg_sys::panic::ErrorReport;
     use pgrx::prelude::*;
+    use pgrx::PgSqlErrorCode;
     use std::sync::atomic::Ordering;
 
+    /// 0.3.0 to 0.6.0's worker_status_rows, which their SQL calls until ALTER EXTENSION UPDATE
+    /// (the library is installed and the server restarted first): their columns, without
+    /// `database`. A C function is bound to its symbol by name and its rows are formed with the
+    /// columns the SQL declares, so a row of another shape would put one column's value in
+    /// another's type: 0.1.0 and 0.2.0's, which lack `source` too, get an ERROR naming the update.
+    #[pg_extern(sql = false)]
+    fn worker_status_rows(
+        fcinfo: pg_sys::FunctionCallInfo,
+    ) -> Result<
+        TableIterator<
+            'static,
+            (
+                name!(worker, i32),
+                name!(pid, Option<i32>),
+                name!(source, Option<String>),
+                name!(state, String),
+                name!(last_poll, Option<TimestampWithTimeZone>),
+                name!(last_success, Option<TimestampWithTimeZone>),
+                name!(ingested, i64),
+                name!(dead_lettered, i64),
+                name!(duplicates_skipped, i64),
+                name!(last_error, Option<String>),
+            ),
+        >,
+        ErrorReport,
+    > {
+        let (mut type_oid, mut declared) = (pg_sys::Oid::INVALID, std::ptr::null_mut());
+        // SAFETY: the call's own fcinfo; the descriptor is read only when one was found.
+        let columns = unsafe {
+            pg_sys::get_call_result_type(fcinfo, &mut type_oid, &mut declared);
+            declared.as_ref().map_or(0, |d| d.natts)
+        };
+        if columns != 10 {
+            return Err(report(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "this database's sqs_ingest is older than its library".to_owned(),
+                "Update it: ALTER EXTENSION sqs_ingest UPDATE;",
+            ));
+        }
+        let rows: Vec<_> = worker_status_rows_by_database()
+            .map(|(_, worker, pid, source, state, poll, success, ingested, dead, duplicates, error)| {
+                (worker, pid, source, state, poll, success, ingested, dead, duplicates, error)
+            })
+            .collect();
+        Ok(TableIterator::new(rows))
+    }
+
     /// One row per worker of every database; none when sqs_ingest is not preloaded.
-    #[pg_extern(volatile)]
-    fn worker_status_rows() -> TableIterator<
+    #[pg_extern(volatile, name = "worker_status_rows")]
+    fn worker_status_rows_by_database() -> TableIterator<
         'static,
         (
             name!(database, Option<String>),
@@ -198,5 +248,5 @@ mod sqs_ingest {
 extension_sql!(
     "CREATE VIEW sqs_ingest.worker_status AS SELECT * FROM sqs_ingest.worker_status_rows();",
     name = "worker_status_view",
-    requires = [sqs_ingest::worker_status_rows]
+    requires = [sqs_ingest::worker_status_rows_by_database]
 );

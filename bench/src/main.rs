@@ -1,7 +1,9 @@
 //! The benchmark: sqs_ingest against the pipeline users run today (Python) and against the
 //! emulator's own limit, on one cluster and one LocalStack; every comparison is alternated round
 //! by round so that machine noise cancels. Prints one table. Run it with bench/run.sh.
+mod ceiling;
 mod drains;
+mod fast_sqs;
 mod instructions;
 mod latency;
 mod masking;
@@ -121,7 +123,7 @@ impl Bench<'_> {
 }
 
 /// The sections in the order they run, by the names `--only` takes.
-const SECTIONS: [(&str, fn(&Bench) -> Vec<Row>); 10] = [
+const SECTIONS: [(&str, fn(&Bench) -> Vec<Row>); 11] = [
     ("masking", masking::run),
     ("first_call", latency::first_call),
     ("drains", drains::run),
@@ -131,6 +133,7 @@ const SECTIONS: [(&str, fn(&Bench) -> Vec<Row>); 10] = [
     ("scaling", scaling::run),
     ("refusal", refusal::run),
     ("pool", pool::run),
+    ("ceiling", ceiling::run),
     // Last: it restarts the cluster under valgrind.
     ("instructions", instructions::run),
 ];

@@ -178,6 +178,17 @@ fn update_from(release: &str) {
         ))
         .unwrap();
     }
+    // The library is this version's already, the SQL still the release's (as between a package
+    // upgrade and ALTER EXTENSION UPDATE): the release's worker_status reads its own columns,
+    // with this cluster's workers running; before `source` existed, it says to update.
+    let workers = db.query("SELECT worker, pid, state FROM sqs_ingest.worker_status", &[]);
+    match release {
+        "0.1.0" | "0.2.0" => {
+            let e = workers.unwrap_err();
+            assert_eq!(e.code(), Some(&postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE), "{e:?}");
+        }
+        _ => println!("{release}'s worker_status under this library: {:?}", workers.unwrap().len()),
+    }
     let before = state(&mut db);
     assert_eq!(before, [10, 11, 1, 20, 1]);
     let granted = grants(&mut db);
