@@ -310,6 +310,16 @@ fn only_superusers_declare_identities_and_owners_must_hold_them_at_every_round()
     wait_until("the error to clear", WAIT, || s.last_error("granted").is_none());
     assert_eq!(count(&mut admin, "SELECT count(*) FROM sqs_ingest.processed_messages"), 10);
 
+    // Changed: an external id given, then cleared ('' clears, NULL leaves); a bad ARN refused.
+    admin.batch_execute("SELECT sqs_ingest.alter_identity('team-a', external_id => 'ext-new-1')").unwrap();
+    let external =
+        "SELECT coalesce(external_id, '-') || ' ' || role_arn FROM sqs_ingest.identities WHERE name = 'team-a'";
+    assert_eq!(admin.query_one(external, &[]).unwrap().get::<_, String>(0), format!("ext-new-1 {TEAM_A}"));
+    admin.batch_execute("SELECT sqs_ingest.alter_identity('team-a', external_id => '')").unwrap();
+    assert_eq!(admin.query_one(external, &[]).unwrap().get::<_, String>(0), format!("- {TEAM_A}"));
+    let (code, _, _) = refused(&mut admin, "SELECT sqs_ingest.alter_identity('team-a', role_arn => 'nope')");
+    assert_eq!(code, "22023");
+
     // An identity in use is not dropped; once its sources are moved, it is, with its grants.
     let (code, _, hint) = refused(&mut admin, "SELECT sqs_ingest.drop_identity('team-a')");
     assert_eq!(code, "2BP01");

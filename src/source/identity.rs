@@ -191,6 +191,20 @@ impl Identity {
         found.into_iter().next().ok_or_else(|| IdentityError::Unknown(name.to_owned()))
     }
 
+    /// Writes it with `sql`, whose parameters are its fields in their order of declaration.
+    fn save(self, sql: &str) -> Result<(), IdentityError> {
+        write(
+            sql,
+            &[
+                self.name.into(),
+                self.role_arn.into(),
+                self.external_id.into(),
+                self.session_name.into(),
+                self.region.into(),
+            ],
+        )
+    }
+
     /// Whether `role` may use this identity: a superuser, or a role with the privileges of one
     /// it was granted to (directly, or through membership with INHERIT, as GRANT USAGE works).
     fn usable_by(&self, role: pg_sys::Oid) -> Result<bool, IdentityError> {
@@ -344,18 +358,10 @@ mod sqs_ingest {
             Err(IdentityError::Unknown(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        write(
+        Ok(identity.save(
             "INSERT INTO sqs_ingest.identities (name, role_arn, external_id, session_name, region)
              VALUES ($1, $2, $3, $4, $5)",
-            &[
-                identity.name.into(),
-                identity.role_arn.into(),
-                identity.external_id.into(),
-                identity.session_name.into(),
-                identity.region.into(),
-            ],
-        )?;
-        Ok(())
+        )?)
     }
 
     /// Changes what is given of an identity (NULL leaves a field as it is, '' clears an
@@ -377,18 +383,10 @@ mod sqs_ingest {
         change(&mut identity.session_name, session_name);
         change(&mut identity.region, region);
         identity.check()?;
-        write(
+        Ok(identity.save(
             "UPDATE sqs_ingest.identities SET role_arn = $2, external_id = $3, session_name = $4, region = $5
              WHERE name = $1",
-            &[
-                identity.name.into(),
-                identity.role_arn.into(),
-                identity.external_id.into(),
-                identity.session_name.into(),
-                identity.region.into(),
-            ],
-        )?;
-        Ok(())
+        )?)
     }
 
     /// Drops an identity and its grants; refused while a source names it.
