@@ -152,7 +152,7 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"sqs_ingest.requests_in_flight",
-        c"Most SQS requests one backend or worker keeps in flight at once (receives, and deletes after commit).",
+        c"Most SQS receives one backend or worker keeps in flight at once, and as many deletes after commit.",
         c"",
         &REQUESTS_IN_FLIGHT,
         1,
@@ -398,7 +398,7 @@ pub fn fetch_settings(overrides: &Overrides, assume: Option<AssumeRole>) -> Resu
     })
 }
 
-/// `sqs_ingest.requests_in_flight`: receives of a round and deletes after its commit alike.
+/// `sqs_ingest.requests_in_flight`: receives of a round, and deletes after its commit alike.
 fn requests_in_flight() -> usize {
     REQUESTS_IN_FLIGHT.get() as usize
 }

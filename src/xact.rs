@@ -2,12 +2,14 @@
 //! roll back keep their messages in the queue, and PREPARE TRANSACTION is refused.
 use crate::errors::{raise, report};
 use crate::source::stats::{self, Counts};
-use crate::sqs::{self, Queue};
+use crate::sqs::{self, Deleted, Queue};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
+use std::time::Duration;
+use tokio::task::JoinHandle;
 
 #[derive(Debug)]
 pub enum XactError {
@@ -110,24 +112,76 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
-/// Deletes each entry's messages, several requests at once. What is not deleted comes back
-/// after the visibility timeout, and the ledger turns it into a no-op.
+/// Deletes each entry's messages, several requests at once: in a worker, from a standard queue,
+/// while it receives more (see [`overlap_deletes`]); otherwise before the commit returns.
 fn delete_all(pending: Vec<Pending>) {
     for Pending { source, queue, handles, in_flight, counts, .. } in pending {
-        let queue_url = sqs_ingest_core::redact::url(&queue.url);
+        stats::add(&source, |c| c.add(&counts));
         let limit = queue.delete_many_limit(handles.len(), in_flight);
-        let done = sqs::run_with_deadline(queue.delete_many(&handles, in_flight), limit);
         let total = handles.len();
+        let overlap = OVERLAP.get() && !queue.is_fifo();
+        let deleting = Deleting { source, queue_url: sqs_ingest_core::redact::url(&queue.url), total, limit };
+        let deletes = async move { queue.delete_many(&handles, in_flight).await };
+        if overlap {
+            let handle = sqs::spawn(deletes, limit);
+            IN_FLIGHT.with_borrow_mut(|d| d.push((deleting, handle)));
+        } else {
+            deleting.report(sqs::run_with_deadline(deletes, limit));
+        }
+    }
+}
+
+/// Committed messages whose deletes are on their way.
+struct Deleting {
+    source: String,
+    /// The queue, as logs name it.
+    queue_url: String,
+    total: usize,
+    limit: Duration,
+}
+
+thread_local! {
+    /// Whether this process lets deletes run beside its next receives.
+    static OVERLAP: Cell<bool> = const { Cell::new(false) };
+    static IN_FLIGHT: RefCell<Vec<(Deleting, JoinHandle<Option<Deleted>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// From now on, a commit's deletes from a standard queue are sent at commit and go on while
+/// this process receives more, rather than before its next receive: for a worker, whose next
+/// round would otherwise wait a round trip for them. A FIFO queue's wait: SQS holds each group
+/// until its messages in flight are deleted, so the next receive would find nothing of them.
+/// The worker collects them with [`settle_deletes`].
+pub fn overlap_deletes() {
+    OVERLAP.set(true);
+}
+
+/// Counts and logs the deletes that have ended; with `wait`, first waits for all of them (each
+/// at most its own limit), as a worker does before it sleeps or exits.
+pub fn settle_deletes(wait: bool) {
+    for (deleting, handle) in IN_FLIGHT.take() {
+        if wait {
+            deleting.report(sqs::finish(handle));
+            continue;
+        }
+        match sqs::finished(handle) {
+            Ok(done) => deleting.report(done),
+            Err(handle) => IN_FLIGHT.with_borrow_mut(|d| d.push((deleting, handle))),
+        }
+    }
+}
+
+impl Deleting {
+    /// Counts the requests for the source, and warns of what may come back: what is not deleted
+    /// comes back after the visibility timeout, and the ledger turns it into a no-op.
+    fn report(self, done: Option<Deleted>) {
+        let Deleting { source, queue_url, total, limit } = self;
         let requests = done.as_ref().map_or(0, |d| d.requests) as i64;
-        stats::add(&source, |c| {
-            c.add(&counts);
-            c.delete_requests += requests;
-        });
+        stats::add(&source, |c| c.delete_requests += requests);
         let deleted = match done {
             Some(deleted) => deleted,
             None => {
                 warning!("sqs_ingest: could not confirm the deletion of {total} committed messages from {queue_url} within {} ms; they will be redelivered and skipped", limit.as_millis());
-                continue;
+                return;
             }
         };
         if let Some(error) = deleted.error {

@@ -1,17 +1,21 @@
-//! L1 and RT1: the extension past LocalStack, against the bench's own fast SQS (fast_sqs.rs).
+//! L1-L3 and RT1: the extension past LocalStack, against the bench's own fast SQS (fast_sqs.rs).
 //! L1: login rows a second through one worker with no delay, against the same rows and ledger
-//! entries written by COPY in transactions of 1,000 (the database's own limit here). RT1: one
+//! entries written by COPY in transactions of 1,000 (the database's own limit here). L2: 2 and
+//! 4 workers on the login source. L3: a generic source of the same rows, one worker. RT1: one
 //! worker with 10 ms and 25 ms added to every answer, against what requests_in_flight allows
-//! (in flight x 10 messages a round trip). Each pair alternates round by round.
+//! (in flight x 10 messages a round trip). L1-L3 alternate round by round.
+use crate::drains::GENERIC;
 use crate::fast_sqs::FastSqs;
 use crate::stats::median;
 use crate::{Bench, Row};
+use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::valid;
 use sqs_ingest_it::{count, wait_until};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 const QUEUE: &str = "ceiling";
+const GENERIC_QUEUE: &str = "ceiling-generic";
 /// sqs_ingest.requests_in_flight's default.
 const IN_FLIGHT: f64 = 8.0;
 
@@ -28,44 +32,87 @@ pub fn run(b: &Bench) -> Vec<Row> {
     }];
     let mut db = b.cluster.connect("postgres");
     point(&mut db, &fast.queue_url(QUEUE));
+    db.batch_execute("DROP TABLE IF EXISTS ceiling_generic; CREATE TABLE ceiling_generic (LIKE user_logins)").unwrap();
+    db.execute(
+        "SELECT sqs_ingest.create_source('ceiling_generic', $1, 'ceiling_generic', $2::text::jsonb)",
+        &[&fast.queue_url(GENERIC_QUEUE), &GENERIC],
+    )
+    .unwrap();
+    enable(&mut db, "ceiling_generic", false);
     b.workers(true);
-    let (mut worker_rates, mut copy_rates) = (Vec::new(), Vec::new());
+    // Per round: COPY, then the login source through 1, 2 and 4 workers, then the generic source.
+    let mut rates: Vec<[f64; 5]> = Vec::new();
     let mut rows_text = None;
     for round in 0..b.args.rounds {
+        let mut this = [0.0; 5];
+        for (i, workers) in [1, 2, 4].into_iter().enumerate() {
+            set_workers(b, workers);
+            let mut db = b.cluster.connect("postgres");
+            b.reset();
+            this[i + 1] = n as f64 / drain(&fast, &mut db, QUEUE, "user_logins", n, round as u64);
+            // The rows and ledger entries the worker wrote are what COPY writes.
+            rows_text.get_or_insert_with(|| copy_out(&mut db));
+        }
+        let mut db = b.cluster.connect("postgres");
         b.reset();
-        let seconds = drain(&fast, &mut db, n, round as u64);
-        worker_rates.push(n as f64 / seconds);
-        // The rows and ledger entries the worker wrote are what COPY writes.
-        let text = rows_text.get_or_insert_with(|| copy_out(&mut db));
+        this[0] = n as f64 / copy_in(&mut db, rows_text.as_ref().expect("drained"));
         b.reset();
-        let seconds = copy_in(&mut db, text);
-        copy_rates.push(n as f64 / seconds);
+        db.batch_execute("TRUNCATE ceiling_generic").unwrap();
+        enable(&mut db, "login", false);
+        enable(&mut db, "ceiling_generic", true);
+        this[4] = n as f64 / drain(&fast, &mut db, GENERIC_QUEUE, "ceiling_generic", n, 50 + round as u64);
+        enable(&mut db, "ceiling_generic", false);
+        enable(&mut db, "login", true);
         println!(
-            "round {}: L1 worker {:.0} msg/s, COPY {:.0} rows/s",
+            "round {}: COPY {:.0} rows/s; login source, 1 worker {:.0}, 2 workers {:.0}, 4 workers {:.0} msg/s; generic source {:.0} msg/s",
             round + 1,
-            worker_rates[round],
-            copy_rates[round]
+            this[0],
+            this[1],
+            this[2],
+            this[3],
+            this[4]
         );
+        rates.push(this);
     }
-    let ratios: Vec<f64> = worker_rates.iter().zip(&copy_rates).map(|(w, c)| w / c).collect();
-    let l1 = median(ratios);
+    let column = |i: usize| median(rates.iter().map(|r| r[i]).collect());
+    let ratio = |i: usize, of: usize| median(rates.iter().map(|r| r[i] / r[of]).collect());
+    let l1 = ratio(1, 0);
     rows.push(Row {
         id: "L1",
         what: format!(
             "one worker from the fast SQS vs COPY of the same rows and ledger entries, {n} messages, median of {}",
             b.args.rounds
         ),
-        figure: format!("{:.0} vs {:.0} rows/s = {l1:.2}x", median(worker_rates), median(copy_rates)),
+        figure: format!("{:.0} vs {:.0} rows/s = {l1:.2}x", column(1), column(0)),
         goal: ">= 0.5x",
         met: Some(l1 >= 0.5),
     });
+    for (i, workers) in [(2, 2), (3, 4)] {
+        rows.push(Row {
+            id: "L2",
+            what: format!("{workers} workers on the login source vs one, {n} messages"),
+            figure: format!("{:.0} msg/s = {:.2}x one worker, {:.2}x COPY", column(i), ratio(i, 1), ratio(i, 0)),
+            goal: "",
+            met: None,
+        });
+    }
+    let l3 = ratio(4, 1);
+    rows.push(Row {
+        id: "L3",
+        what: "generic source (the login bodies mapped by expressions) vs the login source, one worker each".to_owned(),
+        figure: format!("{:.0} vs {:.0} msg/s = {l3:.2}x", column(4), column(1)),
+        goal: "",
+        met: None,
+    });
+    set_workers(b, 1);
+    let mut db = b.cluster.connect("postgres");
     for delay_ms in [10u64, 25] {
         fast.delay(Duration::from_millis(delay_ms));
         let bound = IN_FLIGHT * 10.0 / (delay_ms as f64 / 1000.0);
         let mut rates = Vec::new();
         for round in 0..b.args.rounds {
             b.reset();
-            rates.push(n as f64 / drain(&fast, &mut db, n, 100 + round as u64));
+            rates.push(n as f64 / drain(&fast, &mut db, QUEUE, "user_logins", n, 100 + round as u64));
             println!("round {}: RT1 {delay_ms} ms: {:.0} msg/s", round + 1, rates[round]);
         }
         let x = median(rates.clone()) / bound;
@@ -81,8 +128,29 @@ pub fn run(b: &Bench) -> Vec<Row> {
     }
     fast.delay(Duration::ZERO);
     b.workers(false);
+    let mut db = b.cluster.connect("postgres");
+    db.batch_execute("SELECT sqs_ingest.drop_source('ceiling_generic'); DROP TABLE ceiling_generic").unwrap();
     point(&mut db, &b.queue.url);
     rows
+}
+
+/// Restarts the cluster with `n` workers, unless it has them, and waits until they poll.
+pub fn set_workers(b: &Bench, n: usize) {
+    let mut db = b.cluster.connect("postgres");
+    let now: String = db.query_one("SELECT current_setting('sqs_ingest.workers')", &[]).unwrap().get(0);
+    if now == n.to_string() {
+        return;
+    }
+    db.batch_execute(&format!("ALTER SYSTEM SET sqs_ingest.workers = {n}")).unwrap();
+    drop(db);
+    b.cluster.restart(&AWS_ENV);
+    b.workers(true);
+    wait_until("the workers to start", Duration::from_secs(60), || b.cluster.worker_pids().len() == n);
+}
+
+/// Enables or disables source `name`.
+pub fn enable(db: &mut postgres::Client, name: &str, on: bool) {
+    db.execute("UPDATE sqs_ingest.sources SET enabled = $2 WHERE name = $1", &[&name, &on]).unwrap();
 }
 
 /// Points the login source at `url`, and waits until this session sees it.
@@ -94,18 +162,18 @@ fn point(db: &mut postgres::Client, url: &str) {
     });
 }
 
-/// Seconds from filling the queue with `n` logins to their `n` rows, the worker running.
-fn drain(fast: &FastSqs, db: &mut postgres::Client, n: usize, seed: u64) -> f64 {
+/// Seconds from filling `queue` with `n` logins to their `n` rows in `table`, the worker running.
+fn drain(fast: &FastSqs, db: &mut postgres::Client, queue: &str, table: &str, n: usize, seed: u64) -> f64 {
     let bodies = valid(n, 9000 + seed);
     let start = Instant::now();
-    fast.fill(QUEUE, bodies);
+    fast.fill(queue, bodies);
     wait_until("the worker's rows", Duration::from_secs(600), || {
         count(db, "SELECT count(*) FROM sqs_ingest.processed_messages") == n as i64
     });
     let seconds = start.elapsed().as_secs_f64();
-    assert_eq!(count(db, "SELECT count(*) FROM user_logins"), n as i64);
+    assert_eq!(count(db, &format!("SELECT count(*) FROM {table}")), n as i64);
     // The last round's deletes follow its commit.
-    wait_until("the deletes", Duration::from_secs(60), || fast.counts(QUEUE) == (0, 0));
+    wait_until("the deletes", Duration::from_secs(60), || fast.counts(queue) == (0, 0));
     seconds
 }
 

@@ -23,7 +23,7 @@ struct Run {
 const MODES: [&str; 5] = ["limit", "python", "fetch", "worker", "generic"];
 
 /// The login bodies mapped by expressions, as a user would write the login pipeline as a source.
-const GENERIC: &str = r#"{"user_id": "body->>'user_id'", "device_type": "body->>'device_type'",
+pub const GENERIC: &str = r#"{"user_id": "body->>'user_id'", "device_type": "body->>'device_type'",
     "masked_ip": "mask_pii(body->>'ip')", "masked_device_id": "mask_pii(body->>'device_id')",
     "locale": "body->>'locale'", "app_version": "body->>'app_version'",
     "create_date": "(sent_at AT TIME ZONE 'UTC')::date"}"#;

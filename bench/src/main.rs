@@ -5,6 +5,7 @@ mod ceiling;
 mod drains;
 mod fast_sqs;
 mod instructions;
+mod large;
 mod latency;
 mod masking;
 mod memory;
@@ -123,7 +124,7 @@ impl Bench<'_> {
 }
 
 /// The sections in the order they run, by the names `--only` takes.
-const SECTIONS: [(&str, fn(&Bench) -> Vec<Row>); 11] = [
+const SECTIONS: [(&str, fn(&Bench) -> Vec<Row>); 12] = [
     ("masking", masking::run),
     ("first_call", latency::first_call),
     ("drains", drains::run),
@@ -134,6 +135,7 @@ const SECTIONS: [(&str, fn(&Bench) -> Vec<Row>); 11] = [
     ("refusal", refusal::run),
     ("pool", pool::run),
     ("ceiling", ceiling::run),
+    ("large", large::run),
     // Last: it restarts the cluster under valgrind.
     ("instructions", instructions::run),
 ];

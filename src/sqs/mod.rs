@@ -14,11 +14,15 @@ use sqs_ingest_core::received::Receive;
 pub use sqs_ingest_core::received::Received;
 
 use pgrx::PostgresGucEnum;
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::task::Poll as Ready;
+use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
 
 /// How long a request runs between two interrupt checks.
 const SLICE: Duration = Duration::from_millis(50);
@@ -199,8 +203,11 @@ impl Queue {
         };
         let limit = self.config.request_timeout;
         let connection = &connection;
-        let mut requests = stream::iter(handles.chunks(BATCH))
+        // Owned batches: over borrowed ones the compiler cannot show the future Send, as a spawned
+        // delete (xact.rs) must be.
+        let mut requests = stream::iter(handles.chunks(BATCH).map(<[String]>::to_vec))
             .map(|batch| async move {
+                let batch = &batch;
                 let sent = self.request(connection, limit, move |query| async move {
                     match &connection.query {
                         Some(signed) if query => query::delete_batch(signed, self, batch).await,
@@ -262,7 +269,7 @@ impl Queue {
             }
         };
         let within = |attempts| async move {
-            tokio::time::timeout(limit, attempts).await.unwrap_or_else(|_| {
+            waited(limit, attempts).await.unwrap_or_else(|| {
                 Err(SqsError::Unreachable {
                     target: self.config.target(),
                     detail: format!("no answer within {} ms", limit.as_millis()),
@@ -313,6 +320,11 @@ impl Receipt {
     /// [`more_now`]: Receipt::more_now
     pub fn backlog(&self, asked: usize, fifo: bool) -> bool {
         self.more_now(asked, fifo) || (fifo && self.messages.len() >= BATCH)
+    }
+
+    /// The bytes of its messages' bodies.
+    pub fn body_bytes(&self) -> usize {
+        self.messages.iter().map(|m| m.body.len()).sum()
     }
 
     /// The FIFO groups its messages belong to.
@@ -411,6 +423,45 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+thread_local! {
+    /// How long this process has driven the runtime, the slice under way included: the clock
+    /// of [`waited`].
+    static DRIVEN: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    static DRIVING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `f`, which drives the runtime, with every signal blocked, counting its time as driven.
+fn driving<T>(f: impl FnOnce() -> T) -> T {
+    DRIVING_SINCE.set(Some(Instant::now()));
+    let out = with_signals_blocked(f);
+    let since = DRIVING_SINCE.take().expect("set above");
+    DRIVEN.set(DRIVEN.get() + since.elapsed());
+    out
+}
+
+fn driven() -> Duration {
+    DRIVEN.get() + DRIVING_SINCE.get().map_or(Duration::ZERO, |since| since.elapsed())
+}
+
+/// `fut`'s output, or None once it has been driven for `limit` without ending. Only time spent
+/// driving the runtime counts: a receive sent ahead (see [`send_ahead`]) whose answer waits
+/// unread while the process stores the last one has not timed out for that, as a wall clock
+/// would say, and then made its messages wait out their visibility timeout.
+async fn waited<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let deadline = driven() + limit;
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let left = deadline.saturating_sub(driven());
+        if left.is_zero() {
+            return None;
+        }
+        // The timer fires late after time spent elsewhere; the loop then measures again.
+        if let Ok(out) = tokio::time::timeout(left, fut.as_mut()).await {
+            return Some(out);
+        }
+    }
+}
+
 /// Drives `fut` to completion, calling `between` every [`SLICE`] while it waits. `between`
 /// is where the caller checks for interrupts: it leaves by unwinding (ereport) or by returning
 /// false; either drops the future and with it the request. `None`: stopped by `between`.
@@ -418,7 +469,7 @@ pub fn run<F: Future>(fut: F, mut between: impl FnMut() -> bool) -> Option<F::Ou
     let rt = runtime();
     let mut fut = std::pin::pin!(fut);
     loop {
-        let slice = with_signals_blocked(|| rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await }));
+        let slice = driving(|| rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await }));
         // Logged here, on the main thread: no Postgres call may run inside a future.
         if let Some(target) = DETECTED.lock().unwrap_or_else(|e| e.into_inner()).take() {
             pgrx::log!("sqs_ingest: {target} speaks only the SQS Query protocol; using it from now on (sqs_ingest.protocol = auto)");
@@ -435,5 +486,60 @@ pub fn run<F: Future>(fut: F, mut between: impl FnMut() -> bool) -> Option<F::Ou
 /// after commit, where an ERROR is not allowed.
 pub fn run_with_deadline<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
     let rt = runtime();
-    with_signals_blocked(|| rt.block_on(async { tokio::time::timeout(limit, fut).await.ok() }))
+    driving(|| rt.block_on(waited(limit, fut)))
+}
+
+/// A future already on its way: what [`send_ahead`] gives, for [`run`] to finish.
+pub type Ahead<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// How often [`send_ahead`] lets the runtime's other tasks (the connections' own) run: enough
+/// for a request on a kept-alive connection to be written, never a wait for its answer.
+const SEND_AHEAD_TURNS: usize = 8;
+
+/// Drives `fut` until its requests are written and it waits for answers, without waiting for
+/// them: the caller does other work (stores the last answer) while they travel, then finishes
+/// it with [`run`].
+pub fn send_ahead<F: Future + 'static>(fut: F) -> Ahead<F::Output> {
+    let mut fut: Ahead<F::Output> = Box::pin(fut);
+    let rt = runtime();
+    let done = driving(|| {
+        rt.block_on(async {
+            for _ in 0..SEND_AHEAD_TURNS {
+                if let Ready::Ready(out) = std::future::poll_fn(|cx| Ready::Ready(fut.as_mut().poll(cx))).await {
+                    return Some(out);
+                }
+                tokio::task::yield_now().await;
+            }
+            None
+        })
+    });
+    match done {
+        Some(out) => Box::pin(std::future::ready(out)),
+        None => fut,
+    }
+}
+
+/// Starts `fut` on the runtime, bounded by `limit`: it goes on whenever this process drives
+/// another request (every [`run`]), and [`finish`] or [`finished`] collects it.
+pub fn spawn<F>(fut: F, limit: Duration) -> JoinHandle<Option<F::Output>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    runtime().spawn(waited(limit, fut))
+}
+
+/// What a spawned future came to once it ends (at most its limit from its start).
+pub fn finish<T>(handle: JoinHandle<Option<T>>) -> Option<T> {
+    let rt = runtime();
+    driving(|| rt.block_on(handle)).ok().flatten()
+}
+
+/// What a spawned future came to, if it has ended; the handle back if not.
+pub fn finished<T>(handle: JoinHandle<Option<T>>) -> Result<Option<T>, JoinHandle<Option<T>>> {
+    if handle.is_finished() {
+        Ok(finish(handle))
+    } else {
+        Err(handle)
+    }
 }

@@ -15,6 +15,7 @@ use crate::settings::{self, WORKER_ENABLED, WORKER_MAX_BACKOFF};
 use crate::source::{catalog, identity, stats, Source, SourceError};
 use crate::sqs::AssumeRole;
 use crate::status::{self, State};
+use crate::xact;
 use assignment::assigned;
 use latch::{reload_if_asked, reload_pending, shutdown_requested, wait, wait_for_change};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -78,7 +79,10 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
         s.state = State::Starting;
     });
     log!("sqs_ingest worker {index} started in database \"{name}\"");
-    if !serve(Me { slot, index }, database) {
+    xact::overlap_deletes();
+    let served = serve(Me { slot, index }, database);
+    xact::settle_deletes(true);
+    if !served {
         log!(
             "sqs_ingest worker {index}: extension sqs_ingest is not created in database \"{name}\"; its workers start when it is"
         );
@@ -149,6 +153,7 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
                     Ok(read) => read,
                     Err(problem) => {
                         back_off(me, None, &mut catalog_trouble, problem);
+                        xact::settle_deletes(true);
                         wait_for_change(catalog_trouble.pause, generation);
                         continue;
                     }
@@ -197,6 +202,7 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
                     s.source.set(None);
                 });
             }
+            xact::settle_deletes(true);
             wait_for_change(pause, generation);
             continue;
         }
@@ -209,6 +215,8 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
         // the worker is disabled is answered and stored; none is sent after.
         let answered = polls.next(|| {
             wait(Duration::ZERO);
+            // The last rounds' deletes, counted once they end, rather than after the next answer.
+            xact::settle_deletes(false);
             !shutdown_requested()
                 && !step_aside::paused(database)
                 && !reload_pending()
@@ -218,6 +226,7 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
         let Some((poll, answer)) = answered else { continue };
         let name = poll.source.name.clone();
         let outcome = round::store(me, poll, answer);
+        xact::settle_deletes(false);
         let state = served.entry(name.clone()).or_default();
         match outcome {
             Round::Done { backlog } => {

@@ -6,7 +6,7 @@ use super::transaction::in_transaction;
 use super::Me;
 use crate::ingest;
 use crate::source::stats;
-use crate::sqs::{Receipt, SqsError};
+use crate::sqs::{self, Receipt, SqsError};
 use crate::status::{self, State};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// shared as a fetch_login_queue(1000) shares it, while rows still become visible every second.
 const BACKLOG_MESSAGES: usize = 1000;
 const BACKLOG_TIME: Duration = Duration::from_secs(1);
+/// An answer holding more bodies than this is stored before the next receive is sent: a round
+/// of large messages holds one answer at a time, not two.
+const SEND_AHEAD_BYTES: usize = 4 << 20;
 
 /// What storing an answer came to.
 pub enum Round {
@@ -70,30 +73,44 @@ pub fn store(me: Me, poll: Poll, answer: Result<Receipt, SqsError>) -> Round {
         ingest::prune_ledger(settings.ledger_retention_seconds);
         let mut taken = receipt.messages.len();
         let mut groups = receipt.groups();
-        let mut more = poll.backlog && poll.looked_further && receipt.more_now(poll.asked, fifo);
         let mut backlog = receipt.backlog(poll.asked, fifo);
-        let mut stored = ingest::ingest(name, sink, settings, receipt.messages);
+        let mut more = poll.backlog && poll.looked_further && receipt.more_now(poll.asked, fifo);
+        let mut answer = receipt;
+        let mut stored = ingest::Stored::default();
         // A backlog round that brought all it asked for: more of the backlog, into this
-        // transaction. A receive that fails or is interrupted ends it; what is stored commits,
-        // and the next round meets the failure again.
-        while more && taken < BACKLOG_MESSAGES && started.elapsed() < BACKLOG_TIME {
+        // transaction. Each receive is sent before the answer before it is stored, so that it
+        // travels meanwhile, unless that answer is large: then one answer at a time is in
+        // memory. A receive that fails or is interrupted ends it; what is stored commits, and
+        // the next round meets the failure again. (If storing fails instead, what the receive on
+        // its way brings waits out its visibility timeout.)
+        let further = |more: bool, taken: usize| {
+            (more && taken < BACKLOG_MESSAGES && started.elapsed() < BACKLOG_TIME).then(|| {
+                // Short polls here: an open transaction never waits for an empty queue.
+                let queue = settings.queue.clone();
+                sqs::send_ahead(queue.receive(poll.asked, poll.asked / sqs::BATCH, 0))
+            })
+        };
+        loop {
+            let ahead = (answer.body_bytes() <= SEND_AHEAD_BYTES).then(|| further(more, taken)).flatten();
+            if !answer.messages.is_empty() {
+                stored += ingest::ingest(name, sink, settings, answer.messages);
+            }
+            let Some(receiving) = ahead.or_else(|| further(more, taken)) else {
+                break;
+            };
             let between = || {
                 wait(Duration::ZERO);
                 !shutdown_requested()
             };
-            // Short polls here: an open transaction never waits for an empty queue.
-            let in_flight = poll.asked / crate::sqs::BATCH;
-            let Some(Ok(next)) = settings.queue.receive_blocking(poll.asked, in_flight, 0, between) else {
+            let Some(Ok(next)) = sqs::run(receiving, between) else {
                 break;
             };
             stats::received(name, &next);
-            more = next.more_now(poll.asked, fifo);
             backlog = next.backlog(poll.asked, fifo);
+            more = next.more_now(poll.asked, fifo);
             taken += next.messages.len();
             groups += next.groups();
-            if !next.messages.is_empty() {
-                stored += ingest::ingest(name, sink, settings, next.messages);
-            }
+            answer = next;
         }
         (stored, backlog.then_some(groups))
     }));
