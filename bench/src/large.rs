@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 /// SQS's largest message since 2025: 1 MiB, the JSON around the payload included.
 const BODY: usize = 1 << 20;
 const PAYLOAD: usize = BODY - r#"{"payload":""}"#.len();
-/// requests_in_flight: the default, and a lower one for large messages.
-const IN_FLIGHT: [i32; 2] = [8, 2];
+/// requests_in_flight: a lower one for large messages, and the default. The lower first: memory
+/// a process has freed stays counted in it (the allocator keeps it), so a peak is its own only
+/// while the larger round comes after.
+const IN_FLIGHT: [i32; 2] = [2, 8];
 
 pub fn run(b: &Bench) -> Vec<Row> {
     // A fortieth of a drain's messages, at least 100: 125 MiB for the default 5,000.
@@ -38,7 +40,7 @@ pub fn run(b: &Bench) -> Vec<Row> {
     enable(&mut db, "login", false);
     b.workers(true);
     let pid = b.cluster.worker_pids()[0];
-    // Per round: the default requests_in_flight, then 2 (the rule's other point), then COPY.
+    // Per round: requests_in_flight 2, then the default, then COPY.
     let mut worker = [Vec::new(), Vec::new()];
     let mut peaks = [0u64; 2];
     let mut copy = Vec::new();

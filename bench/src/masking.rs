@@ -54,8 +54,8 @@ pub fn run(b: &Bench) -> Vec<Row> {
             id: "P1",
             what: format!("mask_pii time vs {name}"),
             figure: format!("{x:.2}x"),
-            goal: "<= 0.5x",
-            met: Some(x <= 0.5),
+            goal: "<= 0.3x",
+            met: Some(x <= 0.3),
         });
     }
     rows

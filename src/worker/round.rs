@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// shared as a fetch_login_queue(1000) shares it, while rows still become visible every second.
 const BACKLOG_MESSAGES: usize = 1000;
 const BACKLOG_TIME: Duration = Duration::from_secs(1);
+/// ... or this many bytes of bodies: what a transaction stores stays in its memory until it
+/// commits, so large messages end it sooner.
+const BACKLOG_BYTES: usize = 16 << 20;
 /// An answer holding more bodies than this is stored before the next receive is sent: a round
 /// of large messages holds one answer at a time, not two.
 const SEND_AHEAD_BYTES: usize = 4 << 20;
@@ -72,6 +75,7 @@ pub fn store(me: Me, poll: Poll, answer: Result<Receipt, SqsError>) -> Round {
     let stored = in_transaction(AssertUnwindSafe(|| {
         ingest::prune_ledger(settings.ledger_retention_seconds);
         let mut taken = receipt.messages.len();
+        let mut bytes = receipt.body_bytes();
         let mut groups = receipt.groups();
         let mut backlog = receipt.backlog(poll.asked, fifo);
         let mut more = poll.backlog && poll.looked_further && receipt.more_now(poll.asked, fifo);
@@ -83,19 +87,20 @@ pub fn store(me: Me, poll: Poll, answer: Result<Receipt, SqsError>) -> Round {
         // memory. A receive that fails or is interrupted ends it; what is stored commits, and
         // the next round meets the failure again. (If storing fails instead, what the receive on
         // its way brings waits out its visibility timeout.)
-        let further = |more: bool, taken: usize| {
-            (more && taken < BACKLOG_MESSAGES && started.elapsed() < BACKLOG_TIME).then(|| {
+        let further = |more: bool, taken: usize, bytes: usize| {
+            let room = taken < BACKLOG_MESSAGES && bytes < BACKLOG_BYTES && started.elapsed() < BACKLOG_TIME;
+            (more && room).then(|| {
                 // Short polls here: an open transaction never waits for an empty queue.
                 let queue = settings.queue.clone();
                 sqs::send_ahead(queue.receive(poll.asked, poll.asked / sqs::BATCH, 0))
             })
         };
         loop {
-            let ahead = (answer.body_bytes() <= SEND_AHEAD_BYTES).then(|| further(more, taken)).flatten();
+            let ahead = (answer.body_bytes() <= SEND_AHEAD_BYTES).then(|| further(more, taken, bytes)).flatten();
             if !answer.messages.is_empty() {
                 stored += ingest::ingest(name, sink, settings, answer.messages);
             }
-            let Some(receiving) = ahead.or_else(|| further(more, taken)) else {
+            let Some(receiving) = ahead.or_else(|| further(more, taken, bytes)) else {
                 break;
             };
             let between = || {
@@ -109,6 +114,7 @@ pub fn store(me: Me, poll: Poll, answer: Result<Receipt, SqsError>) -> Round {
             backlog = next.backlog(poll.asked, fifo);
             more = next.more_now(poll.asked, fifo);
             taken += next.messages.len();
+            bytes += next.body_bytes();
             groups += next.groups();
             answer = next;
         }
