@@ -39,6 +39,7 @@ pub extern "C-unwind" fn _PG_init() {
     keys::register();
     // SAFETY: reads a flag Postgres sets while loading shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        settings::register_preloaded();
         status::allocate();
         unkeyed::allocate();
         source::allocate();

@@ -170,24 +170,6 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
-    GucRegistry::define_string_guc(
-        c"sqs_ingest.database",
-        c"The one database the background workers serve; empty: every database where the extension is created.",
-        c"",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"sqs_ingest.workers",
-        c"Number of background workers serving the sources (needs sqs_ingest in shared_preload_libraries).",
-        c"",
-        &WORKERS,
-        0,
-        MAX_WORKERS as i32,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
     GucRegistry::define_bool_guc(
         c"sqs_ingest.worker_enabled",
         c"Whether the background workers poll the queue.",
@@ -204,16 +186,6 @@ pub fn register() {
         1,
         MAX_WAIT_SECONDS,
         GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
-    GucRegistry::define_int_guc(
-        c"sqs_ingest.worker_restart_interval",
-        c"How soon the postmaster restarts a worker that died or was terminated.",
-        c"",
-        &WORKER_RESTART_INTERVAL,
-        1,
-        3600,
-        GucContext::Postmaster,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
@@ -244,6 +216,41 @@ pub fn register() {
         1,
         3600,
         GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// The settings read once at server start (PGC_POSTMASTER). Postgres refuses to define those
+/// after startup with FATAL, which would end the session of a `CREATE EXTENSION` or `LOAD` in a
+/// server that does not preload the library; only the workers read them, and there are none
+/// then. So they exist only in a server that preloads sqs_ingest (as pg_prewarm does).
+pub fn register_preloaded() {
+    GucRegistry::define_string_guc(
+        c"sqs_ingest.database",
+        c"The one database the background workers serve; empty: every database where the extension is created.",
+        c"",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.workers",
+        c"Number of background workers serving the sources (needs sqs_ingest in shared_preload_libraries).",
+        c"",
+        &WORKERS,
+        0,
+        MAX_WORKERS as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"sqs_ingest.worker_restart_interval",
+        c"How soon the postmaster restarts a worker that died or was terminated.",
+        c"",
+        &WORKER_RESTART_INTERVAL,
+        1,
+        3600,
+        GucContext::Postmaster,
         GucFlags::UNIT_S,
     );
 }

@@ -56,8 +56,10 @@ pub struct Slot {
     pub error: FixedText<ERROR_LEN>,
     /// The source being served, or served last.
     pub source: FixedText<NAME_LEN>,
-    /// Set by a worker that found no extension in its database, before it exits.
-    pub without_extension: bool,
+    /// Set by a worker that found no extension in its database, before it exits: the catalog
+    /// generation read before it looked, so that a CREATE EXTENSION committed after that
+    /// look, even before the launcher sees the exit, has it started again.
+    pub without_extension: Option<u64>,
 }
 
 impl Slot {
@@ -73,7 +75,7 @@ impl Slot {
         duplicates: 0,
         error: FixedText::EMPTY,
         source: FixedText::EMPTY,
-        without_extension: false,
+        without_extension: None,
     };
 }
 

@@ -41,14 +41,25 @@ impl Masker {
     }
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
+/// Each byte's two hex digits: one lookup per byte rather than one per digit.
+const HEX_PAIRS: [[u8; 2]; 256] = {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(MASKED_LEN);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 0x0f) as usize] as char);
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0x0f]];
+        b += 1;
     }
-    out
+    pairs
+};
+
+fn hex(bytes: &[u8; 32]) -> String {
+    // Into a buffer of its final size, then one copy: mask_pii runs once per row of a query.
+    let mut out = [0u8; MASKED_LEN];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[b as usize]);
+    }
+    String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]

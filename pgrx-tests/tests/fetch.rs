@@ -1,8 +1,9 @@
 //! fetch_login_queue end to end: a real cluster, a real emulator, real commits.
 use postgres::error::SqlState;
 use postgres::Client;
+use sqs_ingest_it::emulator::AWS_ENV;
 use sqs_ingest_it::logins::{field, take_home_like, with_field};
-use sqs_ingest_it::{count, fetch_all, point_at, shared_cluster, wait_until, Emulator, Queue};
+use sqs_ingest_it::{count, fetch_all, point_at, shared_cluster, wait_until, Cluster, Emulator, Queue};
 use std::time::Duration;
 
 /// A database of its own and a queue of its own for one test, the session pointed at it.
@@ -202,4 +203,21 @@ fn unreachable_endpoint_is_a_clear_error_and_loses_nothing() {
 
     point_at(&mut db, &queue.url);
     assert_eq!(fetch_all(&mut db, 10, 3), 3, "the real queue still has every message");
+}
+
+/// A server that does not preload sqs_ingest: CREATE EXTENSION loads the library in the session
+/// (it used to end the session with FATAL: PostgreSQL refuses settings read at server start once
+/// it runs), fetch_login_queue ingests, and the settings only workers read do not exist.
+#[test]
+fn without_the_preload_create_extension_and_fetch_work() {
+    let queue = Emulator::shared().queue("no_preload");
+    let c = Cluster::start("no_preload", &["shared_preload_libraries = ''".to_owned()], &AWS_ENV);
+    let mut db = c.with_extension("postgres");
+    point_at(&mut db, &queue.url);
+    queue.send(&take_home_like(10, 13));
+    assert_eq!(fetch_all(&mut db, 100, 10), 10);
+    assert_eq!(count(&mut db, "SELECT count(*) FROM sqs_ingest.worker_status"), 0);
+    let error = db.simple_query("SHOW sqs_ingest.workers").expect_err("no such setting without the preload");
+    assert_eq!(error.code(), Some(&SqlState::UNDEFINED_OBJECT), "{error}");
+    assert!(c.is_up() && c.log_lines("FATAL") == 0, "no session ended");
 }

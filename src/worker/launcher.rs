@@ -67,8 +67,8 @@ pub extern "C-unwind" fn sqs_ingest_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(None, None);
     let mut started: Vec<Started> = Vec::new();
-    // Databases whose worker found no extension, with the catalog generation it saw: tried
-    // again once a CREATE EXTENSION (or any change of a catalog) has committed.
+    // Databases whose worker found no extension, with the catalog generation it read before it
+    // looked: tried again once a CREATE EXTENSION (or any change of a catalog) has committed.
     let mut without_extension: HashMap<pg_sys::Oid, u64> = HashMap::new();
     // When each (database, worker) may be started again after it stopped.
     let mut not_before: HashMap<(pg_sys::Oid, usize), Instant> = HashMap::new();
@@ -82,9 +82,8 @@ pub extern "C-unwind" fn sqs_ingest_launcher_main(_arg: pg_sys::Datum) {
             if !w.stopped() {
                 return true;
             }
-            let found_none = status::read(w.slot, |s| s.without_extension);
-            if found_none {
-                without_extension.insert(w.database, generation);
+            if let Some(seen) = status::read(w.slot, |s| s.without_extension) {
+                without_extension.insert(w.database, seen);
             }
             status::update(w.slot, |s| *s = status::Slot::EMPTY);
             not_before.insert((w.database, w.index), Instant::now() + restart);

@@ -80,13 +80,13 @@ pub extern "C-unwind" fn sqs_ingest_worker_main(arg: pg_sys::Datum) {
     });
     log!("sqs_ingest worker {index} started in database \"{name}\"");
     xact::overlap_deletes();
-    let served = serve(Me { slot, index }, database);
+    let without_extension = serve(Me { slot, index }, database);
     xact::settle_deletes(true);
-    if !served {
+    if let Some(generation) = without_extension {
         log!(
             "sqs_ingest worker {index}: extension sqs_ingest is not created in database \"{name}\"; its workers start when it is"
         );
-        status::update(slot, |s| s.without_extension = true);
+        status::update(slot, |s| s.without_extension = Some(generation));
     }
     status::update(slot, |s| {
         s.state = State::Stopped;
@@ -107,8 +107,9 @@ unsafe fn database_name() -> String {
 
 /// The worker's loop, until shutdown or a command that needs its database alone: the catalog
 /// read when it changed, a receive sent for each source that has none in flight and is not
-/// backing off, and the first answer stored. False: the extension is not created here.
-fn serve(me: Me, database: pg_sys::Oid) -> bool {
+/// backing off, and the first answer stored. Some: the extension is not created here, as of the
+/// catalog generation it returns.
+fn serve(me: Me, database: pg_sys::Oid) -> Option<u64> {
     let mut served: HashMap<String, Served> = HashMap::new();
     let mut polls = Polls::default();
     // This worker's sources, as of the catalog generation they were read at.
@@ -146,7 +147,7 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
                 Ok((now_mine, sinks))
             }));
             if matches!(read, Ok(Err(SourceError::NoExtension))) {
-                return false;
+                return Some(generation);
             }
             let (now_mine, sinks) =
                 match read.map_err(Problem::new).and_then(|r| r.map_err(|e| Problem::new(e.to_string()))) {
@@ -241,7 +242,7 @@ fn serve(me: Me, database: pg_sys::Oid) -> bool {
             Round::Failed(problem) => failed(me, &name, state, problem),
         }
     }
-    true
+    None
 }
 
 /// A source's round failed: it backs off.
