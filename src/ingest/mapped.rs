@@ -37,7 +37,8 @@ pub fn restore(
 }
 
 /// Inserts the rows of the messages whose ids are `fresh`: the rows inserted, the dead letters
-/// to write, and how many were ingested before.
+/// to write, and how many were skipped: ingested before, or a second copy of one in the batch
+/// (SQS may hand one message to two receives of a round).
 fn write(
     mapping: &Mapping,
     source: &str,
@@ -45,6 +46,7 @@ fn write(
     fresh: &HashSet<&str>,
     envelope: Envelope,
 ) -> (i32, DeadLetters, i32) {
+    let received = batch.len();
     let mut seen = HashSet::with_capacity(batch.len());
     let batch: Vec<&Received> = batch.iter().filter(|m| seen.insert(m.message_id.as_str())).collect();
     let mut rows = Vec::with_capacity(fresh.len());
@@ -61,7 +63,7 @@ fn write(
         }
     }
     let inserted = insert_or_isolate(&rows, |r| r.message, |rows| insert(mapping, rows), &mut dead, &as_is);
-    (inserted, dead, (batch.len() - fresh.len()) as i32)
+    (inserted, dead, (received - fresh.len()) as i32)
 }
 
 /// A message to insert, out of its envelope when it had one.
@@ -86,4 +88,46 @@ fn insert(mapping: &Mapping, rows: &[Row]) -> i32 {
         column(|r| r.message.sequence_number.as_deref()),
     ];
     mapping.as_owner(|| update(&mapping.insert, &args))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::ingest::Sink;
+    use crate::settings;
+    use crate::source::Source;
+    use crate::sqs::Received;
+    use pgrx::prelude::*;
+
+    fn message(id: &str, handle: &str) -> Received {
+        Received {
+            message_id: id.to_owned(),
+            receipt_handle: handle.to_owned(),
+            body: format!(r#"{{"id": "{id}"}}"#),
+            sent_millis: None,
+            receive_count: Some(1),
+            attributes: None,
+            group_id: None,
+            sequence_number: None,
+        }
+    }
+
+    /// SQS delivers a message at least once: two receives of one round may both bring it, and
+    /// their answers make one batch. It becomes one row; the other copy is a duplicate skipped,
+    /// so that source_status's received minus duplicates_skipped is what reached the ledger.
+    #[pg_test]
+    fn a_message_twice_in_one_batch_is_one_row_and_one_duplicate_skipped() {
+        Spi::run("CREATE TABLE twice (id text PRIMARY KEY)").unwrap();
+        Spi::run(
+            r#"SELECT sqs_ingest.create_source('twice', 'http://127.0.0.1:9/000000000000/twice', 'twice', '{"id": "body->>''id''"}')"#,
+        )
+        .unwrap();
+        let source = Source::load("twice").unwrap();
+        let sink = Sink::resolve(&source).unwrap();
+        let settings = settings::fetch_settings(&source.overrides, None).unwrap();
+        let batch = [message("m-1", "h-1"), message("m-2", "h-2"), message("m-1", "h-3")];
+        let stored = sink.store("twice", &settings, &batch);
+        assert_eq!((stored.rows, stored.dead_letters, stored.duplicates), (2, 0, 1));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM twice").unwrap(), Some(2));
+    }
 }
