@@ -28,8 +28,16 @@ impl Masker {
     }
 
     pub fn mask(&self, value: &str) -> String {
+        let mut out = [0u8; MASKED_LEN];
+        self.mask_into(value, &mut out).unwrap_or(value).to_owned()
+    }
+
+    /// The masked value written into `out`, with no allocation: mask_pii runs once per row of a
+    /// query, and its result is copied once more into the text Postgres returns. None for
+    /// [`Masker::AlreadyMasked`]: the value is kept as it is.
+    pub fn mask_into<'o>(&self, value: &str, out: &'o mut [u8; MASKED_LEN]) -> Option<&'o str> {
         let digest: [u8; 32] = match self {
-            Masker::AlreadyMasked => return value.to_owned(),
+            Masker::AlreadyMasked => return None,
             Masker::Sha256 => Sha256::digest(value.as_bytes()).into(),
             Masker::Hmac(keyed) => {
                 let mut mac = keyed.clone();
@@ -37,7 +45,10 @@ impl Masker {
                 mac.finalize().into_bytes().into()
             }
         };
-        hex(&digest)
+        for (pair, &b) in out.chunks_exact_mut(2).zip(&digest) {
+            pair.copy_from_slice(&HEX_PAIRS[b as usize]);
+        }
+        Some(std::str::from_utf8(out).expect("hex digits are ASCII"))
     }
 }
 
@@ -52,15 +63,6 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     }
     pairs
 };
-
-fn hex(bytes: &[u8; 32]) -> String {
-    // Into a buffer of its final size, then one copy: mask_pii runs once per row of a query.
-    let mut out = [0u8; MASKED_LEN];
-    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&HEX_PAIRS[b as usize]);
-    }
-    String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
-}
 
 #[cfg(test)]
 mod tests {
