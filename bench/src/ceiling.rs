@@ -20,7 +20,10 @@ const GENERIC_QUEUE: &str = "ceiling-generic";
 const IN_FLIGHT: f64 = 8.0;
 
 pub fn run(b: &Bench) -> Vec<Row> {
-    let n = b.args.messages;
+    // Four times a drain's messages (20,000 for the default 5,000): one worker takes 5,000 in
+    // about 0.15 s, where the 20 ms of polling for its rows and the first idle poll moved a
+    // round's rate by a fifth.
+    let n = b.args.messages * 4;
     let fast = FastSqs::start(1);
     let own = own_rate(&fast);
     let mut rows = vec![Row {
@@ -107,19 +110,30 @@ pub fn run(b: &Bench) -> Vec<Row> {
     set_workers(b, 1);
     let mut db = b.cluster.connect("postgres");
     for delay_ms in [10u64, 25] {
-        fast.delay(Duration::from_millis(delay_ms));
-        let bound = IN_FLIGHT * 10.0 / (delay_ms as f64 / 1000.0);
-        let mut rates = Vec::new();
+        // The bound of each round is that of the delay the fast SQS measured itself adding.
+        let (mut rates, mut ratios, mut added) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..b.args.rounds {
             b.reset();
+            fast.delay(Duration::from_millis(delay_ms));
             rates.push(n as f64 / drain(&fast, &mut db, QUEUE, "user_logins", n, 100 + round as u64));
-            println!("round {}: RT1 {delay_ms} ms: {:.0} msg/s", round + 1, rates[round]);
+            added.push(fast.delay_added().as_secs_f64());
+            ratios.push(rates[round] / (IN_FLIGHT * 10.0 / added[round]));
+            println!(
+                "round {}: RT1 {delay_ms} ms (measured {:.2} ms): {:.0} msg/s = {:.2}x",
+                round + 1,
+                added[round] * 1000.0,
+                rates[round],
+                ratios[round]
+            );
         }
-        let x = median(rates.clone()) / bound;
+        let added = median(added);
+        let x = median(ratios);
         rows.push(Row {
             id: "RT1",
             what: format!(
-                "one worker, {delay_ms} ms added to every answer, vs in flight x 10 / round trip ({bound:.0} msg/s)"
+                "one worker, {delay_ms} ms added to every answer (the fast SQS measured {:.2} ms), vs in flight x 10 / round trip ({:.0} msg/s)",
+                added * 1000.0,
+                IN_FLIGHT * 10.0 / added
             ),
             figure: format!("{:.0} msg/s = {x:.2}x", median(rates)),
             goal: ">= 0.8x",

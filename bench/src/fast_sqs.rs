@@ -54,6 +54,9 @@ struct State {
     queues: Mutex<HashMap<String, Queue>>,
     /// Added before every answer, in microseconds.
     delay_micros: AtomicU64,
+    /// Answers delayed, and the microseconds they were delayed.
+    delayed: AtomicU64,
+    delayed_micros: AtomicU64,
     next_id: AtomicU64,
     receives: AtomicU64,
     sent: Notify,
@@ -91,6 +94,14 @@ impl FastSqs {
     /// Adds `delay` before every answer.
     pub fn delay(&self, delay: Duration) {
         self.state.delay_micros.store(delay.as_micros() as u64, Ordering::SeqCst);
+        self.state.delayed.store(0, Ordering::SeqCst);
+        self.state.delayed_micros.store(0, Ordering::SeqCst);
+    }
+
+    /// The mean delay actually added to the answers since the last [`FastSqs::delay`].
+    pub fn delay_added(&self) -> Duration {
+        let n = self.state.delayed.load(Ordering::SeqCst).max(1);
+        Duration::from_micros(self.state.delayed_micros.load(Ordering::SeqCst) / n)
     }
 
     /// Puts `bodies` in queue `name` directly, as if sent now.
@@ -154,7 +165,11 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
     };
     let delay = state.delay_micros.load(Ordering::Relaxed);
     if delay > 0 {
-        tokio::time::sleep(Duration::from_micros(delay)).await;
+        // The network's round trip, on top of the answer's own time (a long poll's wait).
+        let ready = Instant::now();
+        sleep_until(ready + Duration::from_micros(delay)).await;
+        state.delayed.fetch_add(1, Ordering::Relaxed);
+        state.delayed_micros.fetch_add(ready.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
     let (status, value) = match output {
         Ok(value) => (200, value),
@@ -165,6 +180,20 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
         .header("content-type", "application/x-amz-json-1.0")
         .body(Full::new(Bytes::from(value.to_string())))
         .unwrap())
+}
+
+/// Waits until `deadline`, to a few tens of microseconds: tokio's timer rounds up to the next
+/// millisecond, which made a 10 ms delay 10.5 to 11 ms; the last millisecond is slept by a
+/// thread of the blocking pool instead.
+async fn sleep_until(deadline: Instant) {
+    const TICK: Duration = Duration::from_millis(1);
+    if let Some(early) = deadline.checked_sub(TICK).filter(|&at| at > Instant::now()) {
+        tokio::time::sleep_until(early.into()).await;
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await.expect("a sleep");
+    }
 }
 
 fn queue_of(input: &Value) -> Result<String, Value> {
